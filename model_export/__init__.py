@@ -1,0 +1,1 @@
+"""model_export: MovieLens data, ranker training, ONNX export and parity checks."""

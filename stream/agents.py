@@ -1,0 +1,203 @@
+"""Faust wiring: topics, the user-context table, the scoring agent and the worker's views.
+
+Per event: validate (bad ones go to the dead-letter topic), update the user's context in the
+changelog-backed table, hand the user to the scoring pipeline. Table writes happen here, in
+stream iteration (one event at a time); only the scoring is batched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import orjson
+from faust import Stream
+from faust.types import EventT
+from faust.types.tuples import Message
+from faust.web import Request, Response, View
+
+from stream.app import app, settings
+from stream.context import UserContext, apply_event
+from stream.errors import ConfigError, InvalidEvent, ModelLoadError
+from stream.manifest import load_manifest
+from stream.metrics import Metrics
+from stream.pipeline import ScoringPipeline, now_ms
+from stream.records import Limits, dead_letter, parse_event
+
+log = logging.getLogger(__name__)
+
+metrics = Metrics()
+limits = Limits(settings.max_event_bytes, settings.max_id_chars, settings.max_query_chars)
+
+events_topic = app.topic(
+    settings.events_topic,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.topic_partitions,
+    internal=True,  # Faust creates it with our partition count if it is missing
+)
+recommendations_topic = app.topic(
+    settings.recommendations_topic,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.topic_partitions,
+    internal=True,
+)
+dead_letters_topic = app.topic(
+    settings.dlq_topic,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.topic_partitions,
+    internal=True,
+)
+
+contexts = app.Table(
+    "user-context",
+    partitions=settings.topic_partitions,
+    key_type=str,
+    value_type=bytes,  # UserContext.to_bytes(): compact, and the same in every store
+    help="Most recent events and purchased items per user.",
+)
+
+
+async def _send_list(user_id: str, value: bytes) -> None:
+    await recommendations_topic.send(key=user_id.encode(), value=value)
+
+
+pipeline = ScoringPipeline(settings, metrics, _send_list)
+app.service(pipeline)  # type: ignore[arg-type]  # Faust starts instances as well as classes
+
+
+@app.on_worker_init.connect
+def _check_model(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Refuse to start on a model directory that cannot be served, saying why."""
+    try:
+        manifest = load_manifest(settings.model_dir)
+    except ModelLoadError as exc:
+        msg = f"streamrec: cannot start the worker: {exc}"
+        raise SystemExit(msg) from None
+    log.info("serving model %s from %s", manifest.model_version, settings.model_dir)
+
+
+async def _dead_letter(message: Message, reason: str, detail: str) -> None:
+    metrics.inc("events_invalid")
+    metrics.inc(f"dlq_reason.{reason}")
+    count = metrics.counters[f"dlq_reason.{reason}"]
+    if count == 1 or count % 1000 == 0:  # no payloads in logs, and no log floods
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s (%d so far for this reason)",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+            count,
+        )
+    await dead_letters_topic.send(
+        value=dead_letter(
+            message.value,
+            reason=reason,
+            detail=detail,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            ts=now_ms(),
+        )
+    )
+
+
+async def _handle(manual: Stream, event: EventT) -> None:
+    message = event.message
+    try:
+        ev = parse_event(message.value, message.key, limits)
+    except InvalidEvent as exc:
+        await _dead_letter(message, exc.reason, exc.detail)
+        await manual.ack(event)
+        return
+    context, changed = apply_event(
+        UserContext.from_bytes(contexts.get(ev.user_id)),
+        ev,
+        max_events=settings.context_events,
+        max_purchased=settings.max_purchased,
+    )
+    if changed:
+        contexts[ev.user_id] = context.to_bytes()
+    else:
+        metrics.inc("events_duplicate")
+    metrics.inc(f"events_type.{ev.type}")
+    await pipeline.submit(ev.user_id, context, ev, functools.partial(manual.ack, event))
+
+
+async def _partitions_match() -> bool:
+    """Crash the worker if the events topic's partitions differ from the table's."""
+    found = app.consumer.topic_partitions(settings.events_topic)
+    if found is None or found == settings.topic_partitions:
+        return True
+    exc = ConfigError(
+        f"topic {settings.events_topic!r} has {found} partitions but "
+        f"STREAMREC_TOPIC_PARTITIONS={settings.topic_partitions}: the context table must be "
+        "co-partitioned with it. Set STREAMREC_TOPIC_PARTITIONS to the topic's count "
+        "(or recreate the topic), then restart."
+    )
+    log.critical("%s", exc)
+    await app.crash(exc)
+    return False
+
+
+@app.agent(events_topic, name="score-events")
+async def score_events(stream: Stream) -> None:
+    """Validate, remember and queue each event for scoring; ack once its list is out."""
+    await recommendations_topic.maybe_declare()
+    await dead_letters_topic.maybe_declare()
+    await pipeline.wait_ready()
+    manual = stream.noack()
+    checked = False
+    async for event in manual.events():
+        if not checked:
+            checked = True
+            if not await _partitions_match():
+                return
+        metrics.inc("events_in")
+        try:
+            await _handle(manual, event)
+        except Exception as exc:  # a bug must not stop the worker; the event is kept
+            log.exception("unexpected error on %s", event.message.tp)
+            await _dead_letter(event.message, "internal_error", f"{type(exc).__name__}: {exc}")
+            await manual.ack(event)
+
+
+def stats() -> dict[str, Any]:
+    """The worker's figures: counters, summaries, model, providers, pending users."""
+    scorer = pipeline.scorer
+    return {
+        **metrics.snapshot(),
+        "model_version": scorer.model_version if scorer else None,
+        "providers": scorer.providers if scorer else [],
+        "pending_users": pipeline.batcher.pending_users if pipeline.batcher else 0,
+        "table_users": len(contexts),
+    }
+
+
+@app.page("/stats/")
+class StatsView(View):
+    """Counters and summaries as JSON."""
+
+    async def get(self, request: Request) -> Response:
+        """Return :func:`stats`."""
+        return self.json(stats())
+
+
+@app.page("/context/{user_id}/")
+@app.table_route(table=contexts, match_info="user_id")
+async def context_view(web: Any, request: Request, user_id: str) -> Response:
+    """What the worker remembers of one user (routed to the worker owning its partition)."""
+    context = UserContext.from_bytes(contexts.get(user_id))
+    if context is None:
+        return web.json({"user_id": user_id, "found": False}, status=404)
+    return web.json({"user_id": user_id, "found": True, **context.to_dict()})
+
+
+@app.timer(interval=10.0)
+async def log_stats() -> None:
+    """Log the counters every 10 s."""
+    log.info("stats %s", orjson.dumps(metrics.snapshot()["counters"]).decode())

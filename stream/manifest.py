@@ -1,0 +1,179 @@
+"""The model directory contract: ``model.onnx`` + ``manifest.json``, defined once.
+
+``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
+it with :func:`load_manifest`, which refuses a directory whose format, feature set or ONNX
+hash does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.errors import ModelLoadError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+#: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
+FEATURES = "streamrec.history/1"
+#: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
+PAD_INDEX = 0
+#: Model ids of event types in ``event_types`` inputs (0 is padding).
+EVENT_TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape (ints, or names of dynamic axes) of one graph tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+#: Inputs and outputs a ``streamrec.history/1`` ranker must have.
+RANKER_INPUTS = (
+    TensorSpec("item_ids", "int64", ("batch", "history")),
+    TensorSpec("event_types", "int64", ("batch", "history")),
+    TensorSpec("exclude_ids", "int64", ("batch", "excluded")),
+)
+RANKER_OUTPUTS = (
+    TensorSpec("scores", "float32", ("batch", "max_k")),
+    TensorSpec("indices", "int64", ("batch", "max_k")),
+)
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Everything the worker needs to know about a model directory."""
+
+    model_version: str
+    onnx_sha256: str
+    items: tuple[str, ...]
+    history_length: int
+    max_k: int
+    opset: int
+    created_at: str
+    onnx_file: str = "model.onnx"
+    format_version: int = FORMAT_VERSION
+    features: str = FEATURES
+    inputs: tuple[TensorSpec, ...] = RANKER_INPUTS
+    outputs: tuple[TensorSpec, ...] = RANKER_OUTPUTS
+    event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPE_IDS))
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Serialise as written to ``manifest.json``."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path, manifest: ModelManifest) -> Path:
+    """Write ``manifest.json`` next to the ONNX file it describes."""
+    path = Path(model_dir) / MANIFEST_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(manifest.to_json())
+    tmp.replace(path)
+    return path
+
+
+def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelManifest:
+    """Read and check a model directory.
+
+    Raises:
+        ModelLoadError: naming the file and what is wrong with it.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_FILE
+    if not path.is_file():
+        msg = (
+            f"no {MANIFEST_FILE} in model directory {str(model_dir)!r}: build one with "
+            f"`python -m model_export build --out {model_dir}` or set STREAMREC_MODEL_DIR"
+        )
+        raise ModelLoadError(msg)
+    try:
+        body = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        msg = f"{path} is not valid JSON ({exc}); rebuild the model directory"
+        raise ModelLoadError(msg) from exc
+    if not isinstance(body, dict) or body.get("format_version") != FORMAT_VERSION:
+        found = body.get("format_version") if isinstance(body, dict) else type(body).__name__
+        msg = (
+            f"{path}: format_version {found!r} is not supported (this streamrec reads "
+            f"{FORMAT_VERSION}); re-export the model with this version of model_export"
+        )
+        raise ModelLoadError(msg)
+    try:
+        manifest = _from_dict(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"{path}: malformed manifest ({type(exc).__name__}: {exc}); rebuild it"
+        raise ModelLoadError(msg) from exc
+    if manifest.features != FEATURES:
+        msg = f"{path}: feature set {manifest.features!r} is not {FEATURES!r}"
+        raise ModelLoadError(msg)
+    _check_names(path, "inputs", manifest.inputs, RANKER_INPUTS)
+    _check_names(path, "outputs", manifest.outputs, RANKER_OUTPUTS)
+    onnx_path = model_dir / manifest.onnx_file
+    if not onnx_path.is_file():
+        msg = f"{onnx_path} named by {path} does not exist"
+        raise ModelLoadError(msg)
+    if verify_hash:
+        actual = sha256_file(onnx_path)
+        if actual != manifest.onnx_sha256:
+            msg = (
+                f"{onnx_path} has sha256 {actual}, but {path} expects {manifest.onnx_sha256}: "
+                "the file was changed or truncated; re-export the model directory"
+            )
+            raise ModelLoadError(msg)
+    return manifest
+
+
+def _from_dict(body: dict[str, Any]) -> ModelManifest:
+    specs = {
+        key: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in body[key])
+        for key in ("inputs", "outputs")
+    }
+    manifest = ModelManifest(
+        model_version=str(body["model_version"]),
+        onnx_sha256=str(body["onnx_sha256"]),
+        items=tuple(str(i) for i in body["items"]),
+        history_length=int(body["history_length"]),
+        max_k=int(body["max_k"]),
+        opset=int(body["opset"]),
+        created_at=str(body["created_at"]),
+        onnx_file=str(body["onnx_file"]),
+        format_version=int(body["format_version"]),
+        features=str(body["features"]),
+        inputs=specs["inputs"],
+        outputs=specs["outputs"],
+        event_types=dict(body["event_types"]),
+        training=dict(body.get("training", {})),
+    )
+    if not manifest.items or manifest.history_length < 1 or manifest.max_k < 1:
+        msg = "items, history_length and max_k must be non-empty / positive"
+        raise ValueError(msg)
+    if Path(manifest.onnx_file).name != manifest.onnx_file:
+        msg = f"onnx_file {manifest.onnx_file!r} must be a file name inside the directory"
+        raise ValueError(msg)
+    return manifest
+
+
+def _check_names(
+    path: Path, kind: str, found: tuple[TensorSpec, ...], wanted: tuple[TensorSpec, ...]
+) -> None:
+    missing = {s.name for s in wanted} - {s.name for s in found}
+    if missing:
+        msg = f"{path}: {kind} lack {sorted(missing)} required by {FEATURES}"
+        raise ModelLoadError(msg)

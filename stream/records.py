@@ -1,0 +1,205 @@
+"""Wire contracts, defined once: the input event, the recommendation list, the dead letter.
+
+Each contract is versioned (``v``) and has a JSON Schema in ``stream/schemas/``, reproduced
+in the README. The worker validates events with :func:`parse_event` (hand-written for speed;
+a test checks it agrees with the schema) and serialises with orjson.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stream.errors import InvalidEvent
+
+EVENT_VERSION = 1
+RECOMMENDATION_VERSION = 1
+DEAD_LETTER_VERSION = 1
+
+EVENT_TYPES = ("click", "search", "purchase")
+_EVENT_FIELDS = frozenset({"v", "event_id", "user_id", "type", "item_id", "query", "ts"})
+#: Upper bound on ``ts`` (2100-01-01 in epoch ms); anything later is a unit mistake.
+MAX_TS_MS = 4_102_444_800_000
+#: Bytes of an offending message kept in a dead letter.
+DEAD_LETTER_PAYLOAD_BYTES = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits applied while parsing events (from the settings)."""
+
+    max_event_bytes: int = 65536
+    max_id_chars: int = 256
+    max_query_chars: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One user-behaviour event (contract ``event`` v1)."""
+
+    event_id: str
+    user_id: str
+    type: str
+    ts: int
+    item_id: str | None = None
+    query: str | None = None
+
+    def to_json(self) -> bytes:
+        """Serialise in the wire contract (optional fields omitted when absent)."""
+        body: dict[str, Any] = {
+            "v": EVENT_VERSION,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "ts": self.ts,
+        }
+        if self.item_id is not None:
+            body["item_id"] = self.item_id
+        if self.query is not None:
+            body["query"] = self.query
+        return orjson.dumps(body)
+
+
+def parse_event(raw: bytes | None, key: bytes | None = None, limits: Limits = Limits()) -> Event:
+    """Validate one message against the event contract.
+
+    Args:
+        raw: the message value.
+        key: the message key; when present it must equal ``user_id`` (partitioning).
+        limits: size limits.
+
+    Raises:
+        InvalidEvent: with a short machine-readable ``reason`` and a human detail.
+    """
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent("empty_message")
+    if len(raw) > limits.max_event_bytes:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes > {limits.max_event_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)[:200]) from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("not_an_object", type(body).__name__)
+    extra = body.keys() - _EVENT_FIELDS
+    if extra:
+        raise InvalidEvent("unknown_field", ",".join(sorted(extra))[:200])
+    version = body.get("v", EVENT_VERSION)
+    if version != EVENT_VERSION or isinstance(version, bool):
+        raise InvalidEvent("unsupported_version", repr(version)[:50])
+    event_id = _id(body, "event_id", limits.max_id_chars)
+    user_id = _id(body, "user_id", limits.max_id_chars)
+    kind = body.get("type")
+    if kind not in EVENT_TYPES:
+        raise InvalidEvent("bad_type", repr(kind)[:50])
+    ts = body.get("ts")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise InvalidEvent("bad_ts", f"ts must be an integer (epoch ms), got {type(ts).__name__}")
+    if not 0 <= ts <= MAX_TS_MS:
+        raise InvalidEvent("bad_ts", f"ts {ts} outside 0..{MAX_TS_MS} (epoch ms)")
+    # search needs a query, click and purchase an item; the other field is optional.
+    query = _query(body, limits.max_query_chars) if kind == "search" or "query" in body else None
+    item_id = (
+        _id(body, "item_id", limits.max_id_chars) if kind != "search" or "item_id" in body else None
+    )
+    if key is not None and key != user_id.encode():
+        raise InvalidEvent("key_mismatch", "the message key must be the user_id")
+    return Event(event_id=event_id, user_id=user_id, type=kind, ts=ts, item_id=item_id, query=query)
+
+
+def _query(body: dict[str, Any], max_chars: int) -> str:
+    query = body.get("query")
+    if query is None:
+        raise InvalidEvent("missing_query", "search events need a query")
+    if not isinstance(query, str):
+        raise InvalidEvent("bad_query", f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidEvent("empty_query")
+    if len(query) > max_chars:
+        raise InvalidEvent("query_too_long", f"{len(query)} > {max_chars} characters")
+    return query
+
+
+def _id(body: dict[str, Any], name: str, max_chars: int) -> str:
+    value = body.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing_{name}")
+    if not isinstance(value, str):
+        raise InvalidEvent(f"bad_{name}", f"{name} must be a string, got {type(value).__name__}")
+    if not value or len(value) > max_chars or not value.isprintable():
+        raise InvalidEvent(f"bad_{name}", f"{name} must be 1..{max_chars} printable characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One refreshed top-K list for one user (contract ``recommendation`` v1)."""
+
+    user_id: str
+    items: list[tuple[str, float]]
+    model_version: str
+    trigger_event_id: str
+    event_ts: int
+    generated_ts: int
+
+    def to_json(self) -> bytes:
+        """Serialise in the wire contract."""
+        return orjson.dumps(
+            {
+                "v": RECOMMENDATION_VERSION,
+                "user_id": self.user_id,
+                "items": [{"item_id": i, "score": round(s, 6)} for i, s in self.items],
+                "model_version": self.model_version,
+                "trigger_event_id": self.trigger_event_id,
+                "event_ts": self.event_ts,
+                "generated_ts": self.generated_ts,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Recommendation:
+        """Parse a list read back from the output topic (for clients and tests)."""
+        body = orjson.loads(raw)
+        return cls(
+            user_id=body["user_id"],
+            items=[(x["item_id"], float(x["score"])) for x in body["items"]],
+            model_version=body["model_version"],
+            trigger_event_id=body["trigger_event_id"],
+            event_ts=body["event_ts"],
+            generated_ts=body["generated_ts"],
+        )
+
+
+def dead_letter(
+    raw: bytes | None,
+    *,
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    ts: int,
+) -> bytes:
+    """Build a dead-letter record (contract ``dead_letter`` v1) for an offending message.
+
+    The payload is kept as base64 of at most :data:`DEAD_LETTER_PAYLOAD_BYTES` bytes.
+    """
+    payload = raw or b""
+    prefix = payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    return orjson.dumps(
+        {
+            "v": DEAD_LETTER_VERSION,
+            "reason": reason,
+            "detail": detail[:500],
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "payload_b64": base64.b64encode(prefix).decode("ascii"),
+            "payload_bytes": len(payload),
+            "truncated": len(prefix) < len(payload),
+            "ts": ts,
+        }
+    )

