@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from faust import Stream
-from faust.types import EventT
+from faust.types import EventT, StreamT
 from faust.types.tuples import Message
 from faust.web import Request, Response, View
 
@@ -70,7 +70,7 @@ app.service(pipeline)  # type: ignore[arg-type]  # Faust starts instances as wel
 
 
 @app.on_worker_init.connect
-def _check_model(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+def _check_model(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     """Refuse to start on a model directory that cannot be served, saying why."""
     try:
         manifest = load_manifest(settings.model_dir)
@@ -106,7 +106,7 @@ async def _dead_letter(message: Message, reason: str, detail: str) -> None:
     )
 
 
-async def _handle(manual: Stream, event: EventT) -> None:
+async def _handle(manual: StreamT, event: EventT) -> None:
     message = event.message
     try:
         ev = parse_event(message.value, message.key, limits)
@@ -145,12 +145,12 @@ async def _partitions_match() -> bool:
 
 
 @app.agent(events_topic, name="score-events")
-async def score_events(stream: Stream) -> None:
+async def score_events(stream: StreamT) -> None:
     """Validate, remember and queue each event for scoring; ack once its list is out."""
     await recommendations_topic.maybe_declare()
     await dead_letters_topic.maybe_declare()
     await pipeline.wait_ready()
-    manual = stream.noack()
+    manual = cast(Stream, stream).noack()  # acks are ours: after the list is out
     checked = False
     async for event in manual.events():
         if not checked:

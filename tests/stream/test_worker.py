@@ -1,0 +1,215 @@
+"""The worker end to end on the embedded broker: real Kafka protocol, real ONNX model."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from model_export.data import movielens_events
+from stream.broker import EmbeddedBroker
+from stream.manifest import load_manifest
+from stream.records import Event, Recommendation
+from tests.conftest import Worker
+from tests.kafka_io import consume_until, produce
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "stream" / "schemas"
+
+MALFORMED: list[tuple[bytes | None, bytes, str]] = [
+    (b"u1", b"not json", "not_json"),
+    (b"u1", b"[1, 2]", "not_an_object"),
+    (b"u1", b'{"event_id":"x1","type":"click","item_id":"1","ts":1}', "missing_user_id"),
+    (b"u1", b'{"event_id":"x2","user_id":"u1","type":"view","item_id":"1","ts":1}', "bad_type"),
+    (b"u1", b'{"event_id":"x3","user_id":"u1","type":"click","ts":1}', "missing_item_id"),
+    (b"u1", b'{"event_id":"x4","user_id":"u1","type":"search","ts":1}', "missing_query"),
+    (b"u1", b'{"event_id":"x5","user_id":"u1","type":"click","item_id":"1","ts":"now"}', "bad_ts"),
+    (b"zz", b'{"event_id":"x6","user_id":"u1","type":"click","item_id":"1","ts":1}', "key_mismatch"),
+    (b"u1", b'{"event_id":"x7","user_id":"u1","type":"click","item_id":"1","ts":1,"x":1}',
+     "unknown_field"),
+    (b"u1", b'{"pad":"' + b"a" * 70_000 + b'"}', "too_large"),
+    (b"u1", b"", "empty_message"),
+]
+
+
+def sample_events(datasets_dir: Path, users: int, per_user: int) -> list[Event]:
+    """Real MovieLens events: the first ``per_user`` of the first ``users`` users seen."""
+    taken: dict[str, int] = defaultdict(int)
+    chosen = []
+    for ev in movielens_events(datasets_dir):
+        if ev.user_id not in taken and len(taken) >= users:
+            continue
+        if taken[ev.user_id] < per_user:
+            taken[ev.user_id] += 1
+            chosen.append(ev)
+    return chosen
+
+
+def lists_by_trigger(received: list[tuple[bytes | None, bytes]]) -> dict[str, Recommendation]:
+    return {r.trigger_event_id: r for r in (Recommendation.from_json(v) for _, v in received)}
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    running = Worker(broker, tiny_model_dir, tmp_path_factory.mktemp("worker")).start()
+    yield running
+    assert running.stop() == 0, running.log_text()[-3000:]
+
+
+def test_every_user_gets_valid_lists_and_bad_input_goes_to_dlq(
+    broker: EmbeddedBroker, worker: Worker, datasets_dir: Path, tiny_model_dir: Path
+) -> None:
+    events = sample_events(datasets_dir, users=60, per_user=12)
+    assert len(events) >= 500
+    messages: list[tuple[bytes | None, bytes]] = [
+        (ev.user_id.encode(), ev.to_json()) for ev in events
+    ]
+    for i, (key, value, _) in enumerate(MALFORMED):  # interleave bad with good traffic
+        messages.insert(i * 50, (key, value))
+    s = worker.settings
+    produce(broker.bootstrap_servers, s.events_topic, messages)
+
+    last_event = {ev.user_id: ev.event_id for ev in events}
+    received = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic, s.dlq_topic],
+        lambda got: set(last_event.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
+        and len(got[s.dlq_topic]) >= len(MALFORMED),
+    )
+    lists = [Recommendation.from_json(v) for _, v in received[s.recommendations_topic]]
+    by_trigger = lists_by_trigger(received[s.recommendations_topic])
+    assert set(last_event.values()) <= set(by_trigger), worker.log_text()[-3000:]
+    assert {r.user_id for r in lists} == set(last_event)
+
+    vocabulary = set(load_manifest(tiny_model_dir).items)
+    purchased: dict[str, set[str]] = defaultdict(set)
+    position = {ev.event_id: i for i, ev in enumerate(events)}
+    for rec in lists:
+        ids = [item for item, _ in rec.items]
+        assert len(ids) == s.top_k == len(set(ids))
+        assert set(ids) <= vocabulary
+        scores = [score for _, score in rec.items]
+        assert scores == sorted(scores, reverse=True)
+        # nothing the user purchased up to the trigger event may be recommended
+        bought = {
+            ev.item_id
+            for ev in events[: position[rec.trigger_event_id] + 1]
+            if ev.user_id == rec.user_id and ev.type == "purchase"
+        }
+        assert not bought & set(ids), (rec.user_id, bought & set(ids))
+        purchased[rec.user_id] |= bought
+    assert any(purchased.values())  # the check above had purchases to exclude
+
+    schema = json.loads((SCHEMAS / "recommendation.v1.json").read_text())
+    for _, value in received[s.recommendations_topic][:50]:
+        jsonschema.validate(orjson.loads(value), schema)
+
+    letters = [orjson.loads(v) for _, v in received[s.dlq_topic]]
+    dlq_schema = json.loads((SCHEMAS / "dead_letter.v1.json").read_text())
+    for letter in letters:
+        jsonschema.validate(letter, dlq_schema)
+    assert sorted(x["reason"] for x in letters) == sorted(r for _, _, r in MALFORMED)
+    status, stats = get_json(f"{worker.web}/stats/")
+    assert status == 200
+    assert stats["counters"]["events_invalid"] == len(MALFORMED)
+    assert stats["counters"]["lists_out"] >= len(last_event)
+
+
+def test_librdkafka_client_feeds_events_and_reads_lists(
+    broker: EmbeddedBroker, worker: Worker
+) -> None:
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    s = worker.settings
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers})
+    now = int(time.time() * 1000)
+    for i in range(5):
+        ev = Event(f"ck-{i}", f"ck-user-{i}", "click", now, item_id=str(100 + i))
+        producer.produce(s.events_topic, key=ev.user_id.encode(), value=ev.to_json())
+    assert producer.flush(30) == 0
+
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "group.id": "ck-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([s.recommendations_topic])
+    wanted, seen = {f"ck-{i}" for i in range(5)}, set()
+    deadline = time.monotonic() + 60
+    try:
+        while wanted - seen and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            rec = Recommendation.from_json(msg.value())
+            if rec.trigger_event_id in wanted:
+                assert msg.key() == rec.user_id.encode()
+                seen.add(rec.trigger_event_id)
+    finally:
+        consumer.close()
+    assert seen == wanted
+
+
+@pytest.mark.slow
+def test_restarted_worker_recovers_context_from_changelog(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
+) -> None:
+    events = sample_events(datasets_dir, users=10, per_user=8)
+    first = worker_factory().start()
+    s = first.settings
+    produce(
+        broker.bootstrap_servers,
+        s.events_topic,
+        [(e.user_id.encode(), e.to_json()) for e in events],
+    )
+    last = {ev.user_id: ev.event_id for ev in events}
+    consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+    )
+    assert first.stop() == 0, first.log_text()[-3000:]
+    second = first.start()  # same app id, topics and port; a new process with empty memory
+    user = events[0].user_id
+    expected = [ev.event_id for ev in events if ev.user_id == user]
+    bought = {ev.item_id for ev in events if ev.user_id == user and ev.type == "purchase"}
+    deadline, status, body = time.monotonic() + 60, 0, {}
+    while time.monotonic() < deadline:
+        try:
+            status, body = get_json(f"{second.web}/context/{user}/")
+        except OSError:
+            status = 0
+        if status == 200:
+            break
+        time.sleep(0.5)
+    assert status == 200, second.log_text()[-3000:]
+    assert [e[0] for e in body["events"]] == expected
+    assert set(body["purchased"]) == bought
+
+    # the recovered context keeps excluding what the user bought before the restart
+    probe = Event("after-restart", user, "click", int(time.time() * 1000), item_id="1")
+    produce(broker.bootstrap_servers, s.events_topic, [(user.encode(), probe.to_json())])
+    got = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: "after-restart" in lists_by_trigger(got[s.recommendations_topic]),
+    )
+    rec = lists_by_trigger(got[s.recommendations_topic])["after-restart"]
+    assert not bought & {item for item, _ in rec.items}
