@@ -93,13 +93,8 @@ def _same_ranking(scores: np.ndarray, expected: np.ndarray, got: np.ndarray) -> 
     return ~((expected != got) & ~tie).any(axis=1)
 
 
-def export(
-    model: HistoryRanker, items: Sequence[str], out_dir: str | Path, training: dict[str, Any]
-) -> ModelManifest:
-    """Export ``model`` to ``out_dir`` (``model.onnx`` then ``manifest.json``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / ONNX_FILE
+def export_onnx(model: HistoryRanker, path: Path) -> Path:
+    """Write the ranker's graph under the export contract (names, dynamic axes, opset)."""
     model.eval()
     example = tuple(torch.from_numpy(v) for v in sample_inputs(model, 2).values())
     with warnings.catch_warnings():
@@ -107,13 +102,23 @@ def export(
         torch.onnx.export(
             model,
             example,
-            str(onnx_path),
+            str(path),
             input_names=[s.name for s in RANKER_INPUTS],
             output_names=[s.name for s in RANKER_OUTPUTS],
             dynamic_axes=DYNAMIC_AXES,
             opset_version=OPSET,
             dynamo=False,
         )
+    return path
+
+
+def export(
+    model: HistoryRanker, items: Sequence[str], out_dir: str | Path, training: dict[str, Any]
+) -> ModelManifest:
+    """Export ``model`` to ``out_dir`` (``model.onnx`` then ``manifest.json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model, out / ONNX_FILE)
     parity = check_parity(model, onnx_path)
     digest = sha256_file(onnx_path)
     created = datetime.now(UTC)

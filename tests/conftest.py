@@ -82,8 +82,11 @@ class Worker:
         asyncio.run(
             ensure_topics(
                 broker.bootstrap_servers,
-                [self.settings.events_topic, self.settings.recommendations_topic,
-                 self.settings.dlq_topic],
+                [
+                    self.settings.events_topic,
+                    self.settings.recommendations_topic,
+                    self.settings.dlq_topic,
+                ],
                 self.settings.topic_partitions,
             )
         )

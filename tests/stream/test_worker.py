@@ -30,9 +30,16 @@ MALFORMED: list[tuple[bytes | None, bytes, str]] = [
     (b"u1", b'{"event_id":"x3","user_id":"u1","type":"click","ts":1}', "missing_item_id"),
     (b"u1", b'{"event_id":"x4","user_id":"u1","type":"search","ts":1}', "missing_query"),
     (b"u1", b'{"event_id":"x5","user_id":"u1","type":"click","item_id":"1","ts":"now"}', "bad_ts"),
-    (b"zz", b'{"event_id":"x6","user_id":"u1","type":"click","item_id":"1","ts":1}', "key_mismatch"),
-    (b"u1", b'{"event_id":"x7","user_id":"u1","type":"click","item_id":"1","ts":1,"x":1}',
-     "unknown_field"),
+    (
+        b"zz",
+        b'{"event_id":"x6","user_id":"u1","type":"click","item_id":"1","ts":1}',
+        "key_mismatch",
+    ),
+    (
+        b"u1",
+        b'{"event_id":"x7","user_id":"u1","type":"click","item_id":"1","ts":1,"x":1}',
+        "unknown_field",
+    ),
     (b"u1", b'{"pad":"' + b"a" * 70_000 + b'"}', "too_large"),
     (b"u1", b"", "empty_message"),
 ]
@@ -64,9 +71,7 @@ def get_json(url: str) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def worker(
-    broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-):
+def worker(broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     running = Worker(broker, tiny_model_dir, tmp_path_factory.mktemp("worker")).start()
     yield running
     assert running.stop() == 0, running.log_text()[-3000:]
@@ -89,8 +94,10 @@ def test_every_user_gets_valid_lists_and_bad_input_goes_to_dlq(
     received = consume_until(
         broker.bootstrap_servers,
         [s.recommendations_topic, s.dlq_topic],
-        lambda got: set(last_event.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
-        and len(got[s.dlq_topic]) >= len(MALFORMED),
+        lambda got: (
+            set(last_event.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
+            and len(got[s.dlq_topic]) >= len(MALFORMED)
+        ),
     )
     lists = [Recommendation.from_json(v) for _, v in received[s.recommendations_topic]]
     by_trigger = lists_by_trigger(received[s.recommendations_topic])

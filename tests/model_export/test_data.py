@@ -1,0 +1,48 @@
+from collections import Counter
+
+import pytest
+
+from model_export.data import movielens_events, movielens_items, read_table
+from stream.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def events(datasets_dir):
+    return movielens_events(datasets_dir)
+
+
+def test_every_rating_is_a_click_and_high_ratings_also_a_purchase(events, datasets_dir):
+    ratings = read_table("MovieLens100k_data", datasets_dir).column("rating").to_pylist()
+    kinds = Counter(e.type for e in events)
+    assert kinds["click"] == 100_000
+    assert kinds["purchase"] == sum(r >= 4 for r in ratings)
+    assert len({e.user_id for e in events}) == 943
+    assert len({e.event_id for e in events}) == len(events)
+
+
+def test_time_order_with_stable_ties_and_decimal_ids(events):
+    stamps = [e.ts for e in events]
+    assert stamps == sorted(stamps)
+    rows = [int(e.event_id.split("-")[1]) for e in events if e.type == "click"]
+    clicks = [e for e in events if e.type == "click"]
+    for a, b, ra, rb in zip(clicks, clicks[1:], rows, rows[1:], strict=False):
+        if a.ts == b.ts:
+            assert ra < rb  # ties keep the file's row order
+    first = next(e for e in events if e.event_id == "ml-0-click")
+    assert (first.user_id, first.item_id, first.ts) == ("196", "242", 881250949000)
+    purchase_follows_click = [
+        (a.event_id, b.event_id) for a, b in zip(events, events[1:], strict=False) if b.type == "purchase"
+    ]
+    assert all(a.replace("click", "purchase") == b for a, b in purchase_follows_click)
+
+
+def test_items_have_titles_and_genres(datasets_dir):
+    items = movielens_items(datasets_dir)
+    assert len(items) == 1682
+    assert items[0].item_id == "1"
+    assert items[0].text == "Toy Story (1995) | Animation, Children's, Comedy"
+
+
+def test_missing_wheel_says_how_to_fetch_it(tmp_path):
+    with pytest.raises(DataError, match="fetch-data"):
+        read_table("MovieLens100k_data", tmp_path)

@@ -1,0 +1,32 @@
+import pytest
+
+from stream.broker import EmbeddedBroker, find_tansu, port_open
+from stream.errors import BrokerError
+from tests.kafka_io import consume_until, produce
+
+
+def test_session_broker_speaks_kafka(broker):
+    assert port_open("127.0.0.1", broker.port)
+    produce(broker.bootstrap_servers, "broker-smoke", [(b"k", b"v")])
+    got = consume_until(
+        broker.bootstrap_servers, ["broker-smoke"], lambda r: bool(r["broker-smoke"])
+    )
+    assert got["broker-smoke"] == [(b"k", b"v")]
+
+
+def test_start_and_stop_on_a_free_port():
+    broker = EmbeddedBroker().start()
+    port = broker.port
+    assert port_open("127.0.0.1", port) and broker.url == f"kafka://127.0.0.1:{port}"
+    broker.stop()
+    assert not port_open("127.0.0.1", port)
+
+
+def test_a_taken_port_is_reported(broker):
+    with pytest.raises(BrokerError, match="already in use"):
+        EmbeddedBroker(broker.port).start()
+
+
+def test_bad_binary_override_is_reported(tmp_path):
+    with pytest.raises(BrokerError, match="STREAMREC_TANSU_BIN"):
+        find_tansu(str(tmp_path / "missing"))

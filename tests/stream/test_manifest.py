@@ -1,0 +1,68 @@
+import shutil
+
+import orjson
+import pytest
+
+from stream.errors import ModelLoadError
+from stream.manifest import FORMAT_VERSION, MANIFEST_FILE, load_manifest
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, target)
+    return target
+
+
+def edit_manifest(model_dir, **changes):
+    path = model_dir / MANIFEST_FILE
+    body = orjson.loads(path.read_bytes())
+    body.update(changes)
+    path.write_bytes(orjson.dumps(body))
+
+
+def test_a_written_directory_loads(tiny_model_dir):
+    manifest = load_manifest(tiny_model_dir)
+    assert manifest.format_version == FORMAT_VERSION
+    assert len(manifest.items) == 1682 and manifest.items[0] == "1"
+    assert {s.name for s in manifest.inputs} == {"item_ids", "event_types", "exclude_ids"}
+
+
+def test_missing_directory_says_how_to_build_one(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_export build"):
+        load_manifest(tmp_path / "nowhere")
+
+
+def test_truncated_onnx_is_refused_naming_the_file(model_copy):
+    onnx = model_copy / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"model\.onnx has sha256"):
+        load_manifest(model_copy)
+
+
+def test_missing_onnx_is_refused(model_copy):
+    (model_copy / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_manifest(model_copy)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"features": "other/1"}, "feature set"),
+        ({"inputs": []}, "lack"),
+        ({"items": []}, "malformed"),
+        ({"onnx_file": "../model.onnx"}, "malformed"),
+    ],
+)
+def test_incompatible_manifests_are_refused(model_copy, changes, message):
+    edit_manifest(model_copy, **changes)
+    with pytest.raises(ModelLoadError, match=message):
+        load_manifest(model_copy)
+
+
+def test_manifest_that_is_not_json(model_copy):
+    (model_copy / MANIFEST_FILE).write_text("{nope")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_manifest(model_copy)

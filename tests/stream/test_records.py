@@ -1,0 +1,113 @@
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from stream.errors import InvalidEvent
+from stream.records import Event, Limits, Recommendation, dead_letter, parse_event
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "stream" / "schemas"
+EVENT_SCHEMA = json.loads((SCHEMAS / "event.v1.json").read_text())
+
+GOOD = {"event_id": "e1", "user_id": "196", "type": "click", "item_id": "242", "ts": 881250949000}
+
+
+def body(**changes):
+    out = {**GOOD, **changes}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+VALID = [
+    body(),
+    body(type="purchase"),
+    body(type="search", item_id=..., query="star wars"),
+    body(type="search", query="toy story"),  # optional item on a search
+    body(query="from a search page"),  # optional query on a click
+    body(v=1),
+    body(user_id="ü𝔘ser 名前", ts=0),
+]
+
+INVALID = [
+    (body(user_id=...), "missing_user_id"),
+    (body(event_id=...), "missing_event_id"),
+    (body(user_id=5), "bad_user_id"),
+    (body(user_id=""), "bad_user_id"),
+    (body(user_id="a\nb"), "bad_user_id"),
+    (body(user_id="x" * 10_000), "bad_user_id"),
+    (body(type="view"), "bad_type"),
+    (body(type=None), "bad_type"),
+    (body(item_id=...), "missing_item_id"),
+    (body(item_id=242), "bad_item_id"),
+    (body(type="search", item_id=...), "missing_query"),
+    (body(type="search", query="   "), "empty_query"),
+    (body(type="search", query="q" * 2000), "query_too_long"),
+    (body(type="search", query=["a"]), "bad_query"),
+    (body(ts="881250949"), "bad_ts"),
+    (body(ts=1.5), "bad_ts"),
+    (body(ts=True), "bad_ts"),
+    (body(ts=-1), "bad_ts"),
+    (body(ts=10**16), "bad_ts"),
+    (body(extra=1), "unknown_field"),
+    (body(v=2), "unsupported_version"),
+]
+
+
+@pytest.mark.parametrize("payload", VALID)
+def test_valid_events_parse_and_match_the_schema(payload):
+    event = parse_event(orjson.dumps(payload), key=payload["user_id"].encode())
+    assert event.user_id == payload["user_id"] and event.type == payload["type"]
+    jsonschema.validate(payload, EVENT_SCHEMA)
+    assert parse_event(event.to_json()) == event  # round trip
+
+
+@pytest.mark.parametrize(("payload", "reason"), INVALID)
+def test_each_invalid_shape_is_named_and_rejected_by_the_schema(payload, reason):
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(orjson.dumps(payload))
+    assert caught.value.reason == reason
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, EVENT_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "empty_message"),
+        (b"", "empty_message"),
+        (b"{", "not_json"),
+        (b"[]", "not_an_object"),
+        (b"\xff\xfe", "not_json"),
+        (b'"text"', "not_an_object"),
+    ],
+)
+def test_unparseable_messages(raw, reason):
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw)
+    assert caught.value.reason == reason
+
+
+def test_size_limit_and_key_mismatch():
+    with pytest.raises(InvalidEvent, match="too_large"):
+        parse_event(orjson.dumps(body(item_id="i" * 100)), limits=Limits(max_event_bytes=64))
+    with pytest.raises(InvalidEvent, match="key_mismatch"):
+        parse_event(orjson.dumps(body()), key=b"someone-else")
+
+
+def test_recommendation_round_trip():
+    rec = Recommendation("u", [("1", 0.5), ("2", 0.25)], "m1", "e9", 5, 6)
+    assert Recommendation.from_json(rec.to_json()) == rec
+
+
+def test_dead_letter_keeps_a_safe_prefix():
+    raw = b"x" * 20_000
+    letter = orjson.loads(
+        dead_letter(
+            raw, reason="too_large", detail="d", topic="events", partition=1, offset=7, ts=3
+        )
+    )
+    assert letter["truncated"] and letter["payload_bytes"] == 20_000
+    assert len(letter["payload_b64"]) < 25_000
+    jsonschema.validate(letter, json.loads((SCHEMAS / "dead_letter.v1.json").read_text()))
+    assert isinstance(Event("e", "u", "click", 1, item_id="i"), Event)

@@ -1,0 +1,80 @@
+import pytest
+
+from stream.context import apply_event
+from stream.errors import ModelLoadError
+from stream.records import Event
+from stream.scorer import CPU, Scorer, choose_providers
+
+
+def context_of(*events):
+    context = None
+    for e in events:
+        context, _ = apply_event(context, e, max_events=50, max_purchased=500)
+    return context
+
+
+def click(i, item, kind="click"):
+    return Event(f"e{i}", "u", kind, i, item_id=item)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir):
+    return Scorer(tiny_model_dir, provider="cpu", top_k=20)
+
+
+def test_lists_have_k_distinct_known_items(scorer):
+    lists = scorer.score([context_of(click(1, "50"), click(2, "172")), context_of(click(3, "1"))])
+    assert len(lists) == 2
+    for ranked in lists:
+        ids = [i for i, _ in ranked]
+        assert len(ids) == 20 == len(set(ids))
+        assert set(ids) <= set(scorer.manifest.items)
+
+
+def test_purchased_items_are_never_recommended(scorer):
+    plain = context_of(click(1, "50"))
+    top = [i for i, _ in scorer.score([plain])[0]]
+    bought = context_of(
+        click(1, "50"), *[click(10 + n, item, "purchase") for n, item in enumerate(top[:5])]
+    )
+    after = [i for i, _ in scorer.score([bought])[0]]
+    assert not set(top[:5]) & set(after)
+    assert len(after) == 20
+
+
+def test_seen_policy_excludes_clicked_items(tiny_model_dir):
+    seen = Scorer(tiny_model_dir, provider="cpu", exclude="seen")
+    top = [i for i, _ in seen.score([context_of(click(1, "50"))])[0]]
+    again = context_of(click(1, "50"), click(2, top[0]))
+    assert top[0] not in [i for i, _ in seen.score([again])[0]]
+
+
+def test_unknown_items_and_search_only_users_still_get_lists(scorer):
+    context = context_of(click(1, "no-such-item"), Event("s", "u", "search", 2, query="noir"))
+    assert len(scorer.score([context])[0]) == 20
+    assert scorer.score([]) == []
+
+
+def test_history_longer_than_the_model_window(scorer):
+    long = context_of(*[click(i, str(1 + i % 1000)) for i in range(200)])
+    assert len(scorer.score([long])[0]) == 20
+
+
+def test_top_k_above_the_models_max_k_is_refused(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="max_k"):
+        Scorer(tiny_model_dir, top_k=10_000)
+
+
+def test_provider_choice_on_a_machine_without_cuda(monkeypatch):
+    assert choose_providers("cpu") == [CPU]
+    monkeypatch.setattr("stream.scorer.cuda_driver_present", lambda: False)
+    assert choose_providers("auto") == [CPU]
+    assert choose_providers("cuda")[-1] == CPU  # asked, with CPU as the fallback
+
+
+def test_cuda_requested_without_a_gpu_falls_back_to_cpu(tiny_model_dir, caplog):
+    scorer = Scorer(tiny_model_dir, provider="cuda")
+    if "CUDAExecutionProvider" in scorer.providers:
+        pytest.skip("a GPU is present")
+    assert scorer.providers == [CPU]
+    assert "falling back" in caplog.text or "scoring on CPU" in caplog.text

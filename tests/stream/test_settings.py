@@ -1,0 +1,54 @@
+import pytest
+
+from stream.errors import ConfigError
+from stream.settings import Settings, settings_table
+
+
+def test_defaults_without_environment():
+    s = Settings.from_env({})
+    assert s.broker == "kafka://127.0.0.1:9092" and s.top_k == 20 and s.context_events == 50
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_values_are_parsed_and_typed():
+    s = Settings.from_env(
+        {
+            "STREAMREC_BROKER": "kafka://a:1;b:2",
+            "STREAMREC_TOP_K": "7",
+            "STREAMREC_BATCH_MAX_WAIT_MS": "2.5",
+            "STREAMREC_WEB_ENABLED": "false",
+            "STREAMREC_EXCLUDE": "SEEN",
+            "OTHER": "ignored",
+        }
+    )
+    assert (s.top_k, s.batch_max_wait_ms, s.web_enabled, s.exclude) == (7, 2.5, False, "seen")
+    assert s.bootstrap_servers == "a:1,b:2"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STREAMREC_TOP_K": "many"}, "STREAMREC_TOP_K='many' is not a valid int"),
+        ({"STREAMREC_TOP_K": "0"}, "STREAMREC_TOP_K must be >= 1"),
+        ({"STREAMREC_PROVIDER": "tpu"}, "must be one of auto, cpu, cuda"),
+        ({"STREAMREC_BROKER": "localhost:9092"}, "kafka://host:port"),
+        ({"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL"}, "STREAMREC_SASL_USERNAME"),
+        ({"STREAMREC_WEB_ENABLED": "maybe"}, "not a valid bool"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_password_is_never_in_repr_and_table_documents_every_variable():
+    s = Settings.from_env(
+        {
+            "STREAMREC_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "STREAMREC_SASL_USERNAME": "u",
+            "STREAMREC_SASL_PASSWORD": "hunter2",
+        }
+    )
+    assert "hunter2" not in repr(s)
+    table = settings_table()
+    assert "STREAMREC_MODEL_DIR" in table and "hunter2" not in table
