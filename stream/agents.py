@@ -166,10 +166,22 @@ async def score_events(stream: StreamT) -> None:
             await manual.ack(event)
 
 
+def table_recovered() -> bool:
+    """Whether the context table has finished replaying its changelog."""
+    return app.tables.recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
+
+
 def stats() -> dict[str, Any]:
-    """The worker's figures: counters, summaries, model, providers, pending users."""
+    """The worker's figures: readiness, counters, summaries, model, providers, pending users.
+
+    ``ready`` means the model is loaded, this worker owns partitions and its context table is
+    recovered: it is consuming.
+    """
     scorer = pipeline.scorer
+    assigned = len(app.assignor.assigned_actives())
     return {
+        "ready": scorer is not None and assigned > 0 and table_recovered(),
+        "assigned_partitions": assigned,
         **metrics.snapshot(),
         "model_version": scorer.model_version if scorer else None,
         "providers": scorer.providers if scorer else [],
@@ -191,6 +203,8 @@ class StatsView(View):
 @app.table_route(table=contexts, match_info="user_id")
 async def context_view(web: Any, request: Request, user_id: str) -> Response:
     """What the worker remembers of one user (routed to the worker owning its partition)."""
+    if not table_recovered():
+        return web.json({"user_id": user_id, "error": "table recovering, retry"}, status=503)
     context = UserContext.from_bytes(contexts.get(user_id))
     if context is None:
         return web.json({"user_id": user_id, "found": False}, status=404)

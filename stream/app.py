@@ -6,12 +6,13 @@ import faust
 
 from stream.security import broker_credentials
 from stream.settings import Settings
+from stream.transport import broker_url
 
 settings = Settings.from_env()
 
 app = faust.App(
     settings.app_id,
-    broker=settings.broker,
+    broker=broker_url(settings.broker),
     broker_credentials=broker_credentials(settings),
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=settings.heartbeat_interval_s,

@@ -48,6 +48,9 @@ class Settings:
         10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
     )
     heartbeat_interval_s: float = _setting(2.0, "Consumer heartbeat interval.")
+    fetch_max_wait_ms: int = _setting(
+        50, "Longest a fetch waits for data; the embedded broker always waits this long."
+    )
     # Kafka security (passed through to the Faust/aiokafka clients)
     security_protocol: str = _setting(
         "PLAINTEXT",

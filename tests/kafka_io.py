@@ -33,7 +33,7 @@ def consume_until(
 
     async def run() -> dict[str, list[tuple[bytes | None, bytes]]]:
         consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+            *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
         )
         await consumer.start()
         received: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in topics}

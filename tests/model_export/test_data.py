@@ -31,7 +31,9 @@ def test_time_order_with_stable_ties_and_decimal_ids(events):
     first = next(e for e in events if e.event_id == "ml-0-click")
     assert (first.user_id, first.item_id, first.ts) == ("196", "242", 881250949000)
     purchase_follows_click = [
-        (a.event_id, b.event_id) for a, b in zip(events, events[1:], strict=False) if b.type == "purchase"
+        (a.event_id, b.event_id)
+        for a, b in zip(events, events[1:], strict=False)
+        if b.type == "purchase"
     ]
     assert all(a.replace("click", "purchase") == b for a, b in purchase_follows_click)
 

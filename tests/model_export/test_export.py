@@ -43,4 +43,6 @@ def test_sample_inputs_are_left_padded_with_variable_lengths():
     inputs = sample_inputs(model, 50)
     lengths = (inputs["event_types"] > 0).sum(axis=1)
     assert lengths.min() >= 1 and len(np.unique(lengths)) > 1
-    assert all((row[: 6 - n] == 0).all() for row, n in zip(inputs["item_ids"], lengths, strict=False))
+    assert all(
+        (row[: 6 - n] == 0).all() for row, n in zip(inputs["item_ids"], lengths, strict=False)
+    )

@@ -70,6 +70,18 @@ def get_json(url: str) -> tuple[int, dict]:
         return exc.code, json.load(exc)
 
 
+def wait_until_ready(worker: Worker, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if get_json(f"{worker.web}/stats/")[1].get("ready"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError("worker not ready:\n" + worker.log_text()[-3000:])
+
+
 @pytest.fixture(scope="module")
 def worker(broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     running = Worker(broker, tiny_model_dir, tmp_path_factory.mktemp("worker")).start()
@@ -197,17 +209,10 @@ def test_restarted_worker_recovers_context_from_changelog(
     user = events[0].user_id
     expected = [ev.event_id for ev in events if ev.user_id == user]
     bought = {ev.item_id for ev in events if ev.user_id == user and ev.type == "purchase"}
-    deadline, status, body = time.monotonic() + 60, 0, {}
-    while time.monotonic() < deadline:
-        try:
-            status, body = get_json(f"{second.web}/context/{user}/")
-        except OSError:
-            status = 0
-        if status == 200:
-            break
-        time.sleep(0.5)
+    wait_until_ready(second)
+    status, body = get_json(f"{second.web}/context/{user}/")
     assert status == 200, second.log_text()[-3000:]
-    assert [e[0] for e in body["events"]] == expected
+    assert [e[0] for e in body["events"]] == expected, body
     assert set(body["purchased"]) == bought
 
     # the recovered context keeps excluding what the user bought before the restart

@@ -1,0 +1,264 @@
+"""``python -m stream demo``: the whole product on one machine, in about a minute.
+
+Builds the model on first run, starts the embedded broker and a worker, replays real
+MovieLens-100k events into ``events`` at a steady rate, reads ``recommendations``, shows a
+live progress line (events/s, lists/s, latency) and a few readable lists, then stops every
+process it started. Latency is measured from the moment an event is produced to the moment
+the list it triggered arrives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream.broker import EmbeddedBroker, free_port
+from stream.errors import ModelLoadError, StreamrecError
+from stream.manifest import load_manifest
+from stream.records import Event, Recommendation
+from stream.settings import Settings
+from stream.topics import ensure_topics, streamrec_topics
+
+
+@dataclass
+class Tally:
+    """What the demo has seen so far."""
+
+    sent: dict[str, float] = field(default_factory=dict)  # event_id -> send time
+    produced: int = 0
+    lists: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    latest: dict[str, Recommendation] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile (ms) over every list received."""
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def wait_until_ready(
+    web_port: int, worker: subprocess.Popen[bytes], timeout: float = 90.0
+) -> float:
+    """Poll the worker's ``/stats/`` until it consumes; returns the seconds waited."""
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{web_port}/stats/"
+    while time.monotonic() - started < timeout:
+        if worker.poll() is not None:
+            msg = f"the worker exited with code {worker.returncode}; see .cache/demo/worker.log"
+            raise StreamrecError(msg)
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                if orjson.loads(response.read()).get("ready"):
+                    return time.monotonic() - started
+        time.sleep(0.25)
+    msg = f"the worker was not consuming after {timeout:.0f} s"
+    raise StreamrecError(msg)
+
+
+def ensure_model(settings: Settings) -> None:
+    """Build the MovieLens model into the model directory if there is none yet."""
+    try:
+        load_manifest(settings.model_dir)
+        return
+    except ModelLoadError:
+        if Path(settings.model_dir, "manifest.json").exists():
+            raise  # a broken model is the operator's to fix, not ours to overwrite
+    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~1 min)")
+    subprocess.run(
+        [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir, "--quiet"],
+        check=True,
+    )
+
+
+async def produce(
+    bootstrap: str, topic: str, events: Sequence[Event], rate: float, tally: Tally, stop_at: float
+) -> None:
+    """Replay ``events`` at ``rate`` events/s (keys = user ids) until done or ``stop_at``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    await producer.start()
+    try:
+        start = time.monotonic()
+        for i, ev in enumerate(events):
+            due = start + i / rate
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            tally.sent[ev.event_id] = time.monotonic()
+            await producer.send(topic, ev.to_json(), key=ev.user_id.encode())
+            tally.produced += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) -> None:
+    """Read lists and record the produce-to-arrival latency of each."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            arrived = time.monotonic()
+            for records in batch.values():
+                for record in records:
+                    rec = Recommendation.from_json(record.value)
+                    sent = tally.sent.get(rec.trigger_event_id)
+                    if sent is not None:
+                        tally.latencies_ms.append((arrived - sent) * 1000.0)
+                    tally.lists += 1
+                    tally.latest[rec.user_id] = rec
+    finally:
+        await consumer.stop()
+
+
+async def report(tally: Tally, stop: asyncio.Event) -> None:
+    """Rewrite one live progress line every second."""
+    last_events = last_lists = 0
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        print(
+            f"\r{time.monotonic() - tally.started:5.0f}s | events {tally.produced:6d} "
+            f"({tally.produced - last_events:5d}/s) | lists {tally.lists:6d} "
+            f"({tally.lists - last_lists:5d}/s) | latency p50 {tally.percentile(50):6.1f} ms "
+            f"p99 {tally.percentile(99):6.1f} ms",
+            end="",
+            flush=True,
+        )
+        last_events, last_lists = tally.produced, tally.lists
+
+
+def show_samples(tally: Tally, events: Sequence[Event], titles: dict[str, str], n: int = 3) -> None:
+    """Print a few users' recent history and their latest list, as titles."""
+    history: dict[str, list[str]] = {}
+    for ev in events[: tally.produced]:
+        if ev.type == "click" and ev.item_id is not None:
+            history.setdefault(ev.user_id, []).append(ev.item_id)
+    busiest = sorted(tally.latest, key=lambda u: -len(history.get(u, [])))[:n]
+    for user in busiest:
+        rec = tally.latest[user]
+        print(f"\nuser {user} watched (latest last):")
+        for item in history.get(user, [])[-3:]:
+            print(f"    {titles.get(item, item)}")
+        print(f"  recommended by {rec.model_version}:")
+        for item, score in rec.items[:5]:
+            print(f"    {score:7.3f}  {titles.get(item, item)}")
+
+
+async def run(
+    args: argparse.Namespace, settings: Settings, broker: EmbeddedBroker, events: Sequence[Event]
+) -> Tally:
+    """Drive traffic through the running worker and collect figures."""
+    tally = Tally()
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(
+            consume(broker.bootstrap_servers, settings.recommendations_topic, tally, stop)
+        ),
+        asyncio.create_task(report(tally, stop)),
+    ]
+    deadline = time.monotonic() + args.duration
+    await produce(
+        broker.bootstrap_servers, settings.events_topic, events, args.rate, tally, deadline
+    )
+    # let the worker finish the tail: wait for the last produced event's list
+    last = events[tally.produced - 1].event_id if tally.produced else None
+    drain_until = time.monotonic() + 15
+    while (
+        time.monotonic() < drain_until
+        and last is not None
+        and not any(r.trigger_event_id == last for r in tally.latest.values())
+    ):
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*tasks)
+    print()
+    return tally
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the demo; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m stream demo", description=__doc__)
+    parser.add_argument("--events", type=int, default=15_000, help="events to replay (15000)")
+    parser.add_argument("--rate", type=float, default=500.0, help="events per second (500)")
+    parser.add_argument("--duration", type=float, default=30.0, help="stop producing after (30 s)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    ensure_model(settings)
+    from model_export.data import movielens_events, movielens_items
+
+    titles = {item.item_id: item.title for item in movielens_items(settings.datasets_dir)}
+    events = movielens_events(settings.datasets_dir)[: args.events]
+    logs = Path(".cache/demo")
+    logs.mkdir(parents=True, exist_ok=True)
+    worker: subprocess.Popen[bytes] | None = None
+    with (
+        (logs / "broker.log").open("wb") as broker_log,
+        EmbeddedBroker(log_file=broker_log, binary=settings.tansu_bin) as broker,
+    ):
+        print(f"embedded broker on {broker.bootstrap_servers}")
+        asyncio.run(
+            ensure_topics(
+                broker.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
+            )
+        )
+        web_port = free_port()
+        env = {
+            **os.environ,
+            "STREAMREC_BROKER": broker.url,
+            "STREAMREC_WEB_PORT": str(web_port),
+            "STREAMREC_DATA_DIR": str(logs / "worker-data"),
+        }
+        try:
+            with (logs / "worker.log").open("wb") as worker_log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "stream", "worker", "-l", "info"],
+                    env=env,
+                    stdout=worker_log,
+                    stderr=subprocess.STDOUT,
+                )
+            print(f"worker pid {worker.pid} started (log: {logs / 'worker.log'})")
+            waited = wait_until_ready(web_port, worker)
+            print(
+                f"worker consuming after {waited:.1f} s; replaying MovieLens at "
+                f"{args.rate:.0f} events/s for up to {args.duration:.0f} s"
+            )
+            tally = asyncio.run(run(args, settings, broker, events))
+        except KeyboardInterrupt:
+            print("\ninterrupted")
+            return 130
+        finally:
+            if worker is not None:
+                worker.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(30)
+                if worker.poll() is None:
+                    worker.kill()
+    show_samples(tally, events, titles)
+    elapsed = time.monotonic() - tally.started
+    print(
+        f"\n{tally.produced} events in, {tally.lists} lists out in {elapsed:.0f} s; latency "
+        f"p50 {tally.percentile(50):.1f} ms, p99 {tally.percentile(99):.1f} ms"
+    )
+    if tally.lists == 0:
+        print(f"no recommendation lists arrived: see {logs / 'worker.log'}", file=sys.stderr)
+        return 1
+    return 0
