@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import orjson
 from faust import Stream
+from faust.tables.manager import TableManager
 from faust.types import EventT, StreamT
 from faust.types.tuples import Message
 from faust.web import Request, Response, View
@@ -168,7 +169,8 @@ async def score_events(stream: StreamT) -> None:
 
 def table_recovered() -> bool:
     """Whether the context table has finished replaying its changelog."""
-    return app.tables.recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
+    recovery = cast(TableManager, app.tables).recovery
+    return recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
 
 
 def stats() -> dict[str, Any]:
