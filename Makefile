@@ -31,7 +31,7 @@ model: $(DATA_STAMP)
 demo: $(DATA_STAMP)
 	$(BIN)/python -m stream demo
 
-test: $(DATA_STAMP)
+test: lint $(DATA_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
