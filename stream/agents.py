@@ -14,7 +14,7 @@ from typing import Any, cast
 import orjson
 from faust import Stream
 from faust.tables.manager import TableManager
-from faust.types import EventT, StreamT
+from faust.types import EventT, StreamT, TopicT
 from faust.types.tuples import Message
 from faust.web import Request, Response, View
 
@@ -31,27 +31,20 @@ log = logging.getLogger(__name__)
 metrics = Metrics()
 limits = Limits(settings.max_event_bytes, settings.max_id_chars, settings.max_query_chars)
 
-events_topic = app.topic(
-    settings.events_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.topic_partitions,
-    internal=True,  # Faust creates it with our partition count if it is missing
-)
-recommendations_topic = app.topic(
-    settings.recommendations_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.topic_partitions,
-    internal=True,
-)
-dead_letters_topic = app.topic(
-    settings.dlq_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.topic_partitions,
-    internal=True,
-)
+def _topic(name: str) -> TopicT:
+    """A bytes-in, bytes-out topic; Faust creates it with our partition count if missing."""
+    return app.topic(
+        name,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+        internal=True,
+    )
+
+
+events_topic = _topic(settings.events_topic)
+recommendations_topic = _topic(settings.recommendations_topic)
+dead_letters_topic = _topic(settings.dlq_topic)
 
 contexts = app.Table(
     "user-context",
@@ -110,7 +103,8 @@ async def _dead_letter(message: Message, reason: str, detail: str) -> None:
 async def _handle(manual: StreamT, event: EventT) -> None:
     message = event.message
     try:
-        ev = parse_event(message.value, message.key, limits)
+        # a missing key fails the key check: unkeyed messages would split a user's context
+        ev = parse_event(message.value, message.key or b"", limits)
     except InvalidEvent as exc:
         await _dead_letter(message, exc.reason, exc.detail)
         await manual.ack(event)

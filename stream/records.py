@@ -68,7 +68,8 @@ def parse_event(raw: bytes | None, key: bytes | None = None, limits: Limits = Li
 
     Args:
         raw: the message value.
-        key: the message key; when present it must equal ``user_id`` (partitioning).
+        key: the message key, which must equal ``user_id`` (partitioning); ``None`` skips
+            the check (events read from files have no key).
         limits: size limits.
 
     Raises:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +46,7 @@ MALFORMED: list[tuple[bytes | None, bytes, str]] = [
     ),
     (b"u1", b'{"pad":"' + b"a" * 70_000 + b'"}', "too_large"),
     (b"u1", b"", "empty_message"),
+    (None, b'{"event_id":"x8","user_id":"u1","type":"click","item_id":"1","ts":1}', "key_mismatch"),
 ]
 
 
@@ -225,3 +230,30 @@ def test_restarted_worker_recovers_context_from_changelog(
     )
     rec = lists_by_trigger(got[s.recommendations_topic])["after-restart"]
     assert not bought & {item for item, _ in rec.items}
+
+
+@pytest.mark.parametrize("damage", ["missing", "tampered"])
+def test_worker_refuses_a_model_directory_it_cannot_serve(damage, tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    if damage == "tampered":
+        shutil.copytree(tiny_model_dir, model_dir)
+        with (model_dir / "model.onnx").open("ab") as fh:
+            fh.write(b"\0")
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "worker"],
+        env={
+            **os.environ,
+            "STREAMREC_MODEL_DIR": str(model_dir),
+            "STREAMREC_BROKER": "kafka://127.0.0.1:9",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "cannot start the worker" in result.stderr
+    assert ("model_export build" if damage == "missing" else "model.onnx has sha256") in (
+        result.stderr
+    )
