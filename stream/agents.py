@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 metrics = Metrics()
 limits = Limits(settings.max_event_bytes, settings.max_id_chars, settings.max_query_chars)
 
+
 def _topic(name: str) -> TopicT:
     """A bytes-in, bytes-out topic; Faust creates it with our partition count if missing."""
     return app.topic(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -201,6 +202,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="events per second (500)")
     parser.add_argument("--duration", type=float, default=30.0, help="stop producing after (30 s)")
     args = parser.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows up on time when piped
     settings = Settings.from_env()
     ensure_model(settings)
     from model_export.data import movielens_events, movielens_items

@@ -1,16 +1,30 @@
-"""Faust's aiokafka transport, with the worker consumer's fetch wait taken from settings.
+"""Faust's aiokafka transport, adjusted for what we measured on the embedded broker.
 
-Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Apache Kafka answers a
-fetch as soon as data is there, but the embedded broker (Tansu) holds it for the whole wait,
-which added ~0.6 s to every event's latency. Registered under the ``streamrec`` URL scheme
-through Faust's ``faust.transports`` entry point; ``STREAMREC_BROKER`` keeps ``kafka://``.
+Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
+point; ``STREAMREC_BROKER`` keeps ``kafka://``. Two changes, both harmless on Apache Kafka:
+
+* **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Kafka
+  answers a fetch as soon as data is there; Tansu holds it for the whole wait, which added
+  ~0.6 s to every event's latency. We use ``STREAMREC_FETCH_MAX_WAIT_MS``.
+* **End offsets.** Tansu reports a partition's end offset as the base offset of its last
+  record batch + 1, so a changelog whose last batch held several records looked shorter than
+  it is and table recovery stopped early, dropping the newest context. Before recovery uses
+  them, :func:`verified_end_offsets` reads from ``end - 1`` and moves each end past the last
+  record actually there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, cast
 
+import aiokafka
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as driver
+
+log = logging.getLogger(__name__)
 
 SCHEME = "streamrec"
 
@@ -24,6 +38,18 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = int(settings.fetch_max_wait_ms)  # read at consumer start
         return consumer
+
+    async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        conf = self.app.conf
+        transport = cast(driver.Transport, self.transport)
+        return await verified_end_offsets(
+            reported,
+            bootstrap_servers=driver.server_list(transport.url, transport.default_port),
+            **driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
 
 
 class Consumer(driver.Consumer):
@@ -42,3 +68,47 @@ class Transport(driver.Transport):
 def broker_url(kafka_url: str) -> str:
     """``kafka://h:p[;h:p]`` as the URL that selects this transport."""
     return SCHEME + "://" + kafka_url.removeprefix("kafka://")
+
+
+async def verified_end_offsets(
+    reported: Mapping[TopicPartition, int], *, timeout_s: float = 10.0, **client: Any
+) -> dict[TopicPartition, int]:
+    """End offsets no shorter than the records a group-less probe can read past them.
+
+    Each non-empty partition is read from ``reported - 1`` until a poll returns nothing; its
+    end becomes ``max(reported, last offset read + 1)``. A partition whose tail cannot be read
+    (compacted, or a transaction marker on Kafka) keeps the reported end.
+    """
+    ends = dict(reported)
+    suspects = [tp for tp, end in reported.items() if end > 0]
+    if not suspects:
+        return ends
+    probe = aiokafka.AIOKafkaConsumer(
+        group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, **client
+    )
+    await probe.start()
+    try:
+        probe.assign(suspects)
+        for tp in suspects:
+            probe.seek(tp, reported[tp] - 1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await probe.getmany(timeout_ms=300)
+            if not any(batch.values()):
+                break
+            for tp, records in batch.items():
+                if records:
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+    finally:
+        await probe.stop()
+    for tp in suspects:
+        if ends[tp] != reported[tp]:
+            log.info(
+                "broker reported end offset %d for %s[%d]; records run to %d: using %d",
+                reported[tp],
+                tp.topic,
+                tp.partition,
+                ends[tp] - 1,
+                ends[tp],
+            )
+    return ends
