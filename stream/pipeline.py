@@ -59,6 +59,7 @@ class ScoringPipeline(Service):
             intra_op_threads=s.intra_op_threads,
             top_k=s.top_k,
             exclude=s.exclude,
+            query_cache_size=s.query_cache_size,
         )
         self.scorer = await asyncio.get_running_loop().run_in_executor(None, load)
         self.batcher = Batcher(

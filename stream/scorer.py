@@ -16,14 +16,24 @@ import onnxruntime as ort
 
 from stream.context import UserContext
 from stream.errors import ModelLoadError
-from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX, ModelManifest, load_manifest
+from stream.manifest import (
+    EVENT_TYPE_IDS,
+    PAD_INDEX,
+    QUERY_ENCODER,
+    RANKER,
+    RANKER_FP16,
+    TOKENIZER,
+    ModelManifest,
+    load_manifest,
+)
+from stream.queries import QueryEncoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 #: Scores at or below this are masked items (purchased/seen/padding), never recommended.
-MASKED_SCORE = -1e8
+MASKED_SCORE = -1e4
 
 RankedList = list[tuple[str, float]]
 
@@ -65,6 +75,7 @@ class Scorer:
         intra_op_threads: int = 0,
         top_k: int = 20,
         exclude: str = "purchased",
+        query_cache_size: int = 10_000,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(model_dir)
         if top_k > self.manifest.max_k:
@@ -78,17 +89,41 @@ class Scorer:
         self._index = {item: i + 1 for i, item in enumerate(self.manifest.items)}
         self._item_ids = ("",) + self.manifest.items
         self._history = self.manifest.history_length
-        onnx_path = Path(model_dir) / self.manifest.onnx_file
-        self.session = self._open(onnx_path, provider, intra_op_threads)
+        providers = choose_providers(provider)
+        # The fp16 ranker where a GPU runs it, the fp32 one on CPU.
+        role = RANKER_FP16 if CUDA in providers and RANKER_FP16 in self.manifest.files else RANKER
+        self.session = self._open(self._file(model_dir, role), providers, intra_op_threads)
+        if role == RANKER_FP16 and CUDA not in self.session.get_providers():
+            role = RANKER  # CUDA could not start: fp16 on CPU would be slow and imprecise
+            self.session = self._open(self._file(model_dir, role), [CPU], intra_op_threads)
+        self.ranker_role = role
         self.providers: list[str] = self.session.get_providers()
         if provider == "cuda" and CUDA not in self.providers:
             log.warning("CUDA was requested but is unavailable here; scoring on CPU instead")
+        self.queries: QueryEncoder | None = None
+        encoder_path = self.manifest.path(model_dir, QUERY_ENCODER)
+        tokenizer_path = self.manifest.path(model_dir, TOKENIZER)
+        if encoder_path is not None and tokenizer_path is not None:
+            self.queries = QueryEncoder(
+                self._open(encoder_path, providers, intra_op_threads),
+                load_tokenizer(tokenizer_path, self.manifest.query_max_tokens),
+                cache_size=query_cache_size,
+            )
         log.info(
-            "model %s loaded: %d items, providers %s",
+            "model %s loaded: %d items, %s on %s, query encoder %s",
             self.model_version,
             len(self.manifest.items),
+            self.ranker_role,
             self.providers,
+            "yes" if self.queries is not None else "no",
         )
+
+    def _file(self, model_dir: str | Path, role: str) -> Path:
+        path = self.manifest.path(model_dir, role)
+        if path is None:
+            msg = f"model directory {model_dir} has no {role} file; re-export it"
+            raise ModelLoadError(msg)
+        return path
 
     @property
     def model_version(self) -> str:
@@ -96,14 +131,14 @@ class Scorer:
         return self.manifest.model_version
 
     @staticmethod
-    def _open(path: Path, provider: str, threads: int) -> ort.InferenceSession:
+    def _open(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            return ort.InferenceSession(str(path), options, providers=choose_providers(provider))
+            return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors on bad graphs.
             msg = f"ONNX Runtime cannot load {path}: {exc}; re-export the model directory"
             raise ModelLoadError(msg) from exc
@@ -117,6 +152,8 @@ class Scorer:
         batch, history = len(contexts), self._history
         item_ids = np.zeros((batch, history), dtype=np.int64)
         event_types = np.zeros((batch, history), dtype=np.int64)
+        query_vecs = np.zeros((batch, history, self.manifest.query_dim), dtype=np.float32)
+        searches: list[tuple[int, int, str]] = []
         excluded = [
             [self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts
         ]
@@ -128,8 +165,19 @@ class Scorer:
             for col, ev in enumerate(recent, start):
                 item_ids[row, col] = self.item_index(ev.item_id)
                 event_types[row, col] = EVENT_TYPE_IDS[ev.type]
+                if ev.query:
+                    searches.append((row, col, ev.query))
             exclude_ids[row, : len(excluded[row])] = excluded[row]
-        return {"item_ids": item_ids, "event_types": event_types, "exclude_ids": exclude_ids}
+        if searches and self.queries is not None:
+            vectors = self.queries.encode([q for _, _, q in searches])
+            for row, col, query in searches:
+                query_vecs[row, col] = vectors[query]
+        return {
+            "item_ids": item_ids,
+            "event_types": event_types,
+            "query_vecs": query_vecs,
+            "exclude_ids": exclude_ids,
+        }
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Run the ranker on prepared inputs; returns (scores, indices), best first."""

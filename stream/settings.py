@@ -66,7 +66,9 @@ class Settings:
     ssl_certfile: str = _setting("", "Client certificate for mutual TLS.")
     ssl_keyfile: str = _setting("", "Client private key for mutual TLS.")
     # Model and scoring
-    model_dir: str = _setting("models/current", "Model directory (`model.onnx` + `manifest.json`).")
+    model_dir: str = _setting(
+        "models/current", "Model directory (`manifest.json` and the ONNX files it names)."
+    )
     provider: str = _setting(
         "auto",
         "ONNX Runtime execution provider: CUDA when available, else CPU.",
@@ -74,6 +76,7 @@ class Settings:
     )
     intra_op_threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
     top_k: int = _setting(20, "Items per recommendation list.")
+    query_cache_size: int = _setting(10000, "Distinct search queries whose vectors are cached.")
     exclude: str = _setting(
         "purchased",
         "Items kept out of a user's list: those purchased, or every item seen in the context.",

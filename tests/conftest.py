@@ -41,21 +41,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     """A real (small, briefly trained) MovieLens model directory."""
-    from model_export.data import movielens_events, movielens_items
+    from model_export.data import movielens_catalogue, movielens_events
     from model_export.export import export
     from model_export.model import RankerConfig
-    from model_export.train import TrainConfig, train
+    from model_export.split import build_split
+    from model_export.train import TINY, train
 
-    items = [i.item_id for i in movielens_items(datasets_dir)]
-    model, report = train(
-        movielens_events(datasets_dir),
-        items,
-        RankerConfig(num_items=len(items), dim=16, history_length=20, max_k=50),
-        TrainConfig(epochs=1, max_train_examples=4096),
+    catalogue = movielens_catalogue(datasets_dir)
+    ids = tuple(i.item_id for i in catalogue)
+    split = build_split(movielens_events(datasets_dir), ids)
+    trained = train(
+        split,
+        [i.text for i in catalogue],
+        RankerConfig(num_items=len(ids), dim=16, history_length=20, max_k=50),
+        TINY,
         progress=False,
     )
     out = tmp_path_factory.mktemp("model")
-    export(model, items, out, {"dataset": "movielens-100k", **report})
+    export(trained, ids, out, {"dataset": "movielens-100k"})
     return out
 
 

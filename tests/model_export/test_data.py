@@ -48,3 +48,31 @@ def test_items_have_titles_and_genres(datasets_dir):
 def test_missing_wheel_says_how_to_fetch_it(tmp_path):
     with pytest.raises(DataError, match="fetch-data"):
         read_table("MovieLens100k_data", tmp_path)
+
+
+def test_own_logs_read_from_jsonl_and_parquet_with_bad_rows_counted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from model_export.data import read_catalogue, read_events
+
+    good = b'{"event_id":"1","user_id":"u","type":"click","ts":5,"item_id":"a"}'
+    (tmp_path / "ev.jsonl").write_bytes(good + b"\nnot json\n\n" + good.replace(b'"1"', b'"2"'))
+    log = read_events(tmp_path / "ev.jsonl")
+    assert [e.event_id for e in log.events] == ["1", "2"] and log.rejected == {"not_json": 1}
+    rows = [{"event_id": "3", "user_id": "u", "type": "search", "ts": 6, "query": "red"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ev.parquet")
+    assert read_events(tmp_path / "ev.parquet").events[0].query == "red"
+    pq.write_table(
+        pa.Table.from_pylist([{"item_id": "a", "text": "A shoe"}]), tmp_path / "c.parquet"
+    )
+    assert read_catalogue(tmp_path / "c.parquet")[0].text == "A shoe"
+
+
+def test_catalogue_without_text_is_refused(tmp_path):
+    from model_export.data import read_catalogue
+    from stream.errors import DataError
+
+    (tmp_path / "c.jsonl").write_text('{"item_id": "a"}\n')
+    with pytest.raises(DataError, match="item_id and text"):
+        read_catalogue(tmp_path / "c.jsonl")

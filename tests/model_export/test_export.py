@@ -3,46 +3,69 @@ import onnx
 import pytest
 import torch
 
-from model_export.export import DYNAMIC_AXES, OPSET, check_parity, export_onnx, sample_inputs
-from model_export.model import HistoryRanker, RankerConfig
+from model_export.export import OPSET, dynamic_axes, export_fp16, export_ranker
+from model_export.model import RankerConfig, SequenceRanker
+from model_export.parity import check_ranker, ranker_inputs
 from stream.errors import ModelExportError
-from stream.manifest import load_manifest
+from stream.manifest import RANKER_INPUTS, load_manifest
 
 
-def test_exported_graph_follows_the_contract(tiny_model_dir):
+def small_ranker(**changes):
+    config = RankerConfig(
+        num_items=30, dim=8, history_length=6, max_k=10, use_text=False, **changes
+    )
+    ranker = SequenceRanker(config).eval()
+    ranker.set_cooc(torch.rand(31, 31) * 5)
+    return ranker
+
+
+def test_exported_graphs_follow_the_contract(tiny_model_dir):
     manifest = load_manifest(tiny_model_dir)
-    graph = onnx.load(str(tiny_model_dir / manifest.onnx_file)).graph
-    assert [i.name for i in graph.input] == ["item_ids", "event_types", "exclude_ids"]
-    assert [o.name for o in graph.output] == ["scores", "indices"]
-    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param == "batch"  # dynamic batch
-    assert manifest.opset == OPSET and "exclude_ids" in DYNAMIC_AXES
-    assert manifest.training["parity"]["max_abs_score_diff"] <= 1e-4
-    assert manifest.training["valid"]["hr@10"] > 0
+    ranker = onnx.load(str(manifest.path(tiny_model_dir, "ranker"))).graph
+    assert [i.name for i in ranker.input] == [s.name for s in RANKER_INPUTS]
+    assert [o.name for o in ranker.output] == ["scores", "indices"]
+    assert ranker.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    encoder = onnx.load(str(manifest.path(tiny_model_dir, "query_encoder"))).graph
+    dims = [d.dim_param for d in encoder.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "tokens"]  # dynamic batch and length
+    assert manifest.opset == OPSET and "exclude_ids" in dynamic_axes(*RANKER_INPUTS)
+    parity = manifest.training["parity"]
+    assert parity["ranker"]["max_abs_score_diff"] <= 1e-4
+    assert parity["ranker"]["top10_identical"] >= 0.999
+    assert parity["ranker"]["fp16_top10_overlap"] >= 0.99
+    assert parity["query_encoder"]["max_abs_vector_diff"] <= 1e-4
 
 
-def test_parity_check_passes_on_a_faithful_export(tmp_path):
-    model = HistoryRanker(RankerConfig(num_items=30, dim=8, history_length=6, max_k=10)).eval()
-    path = export_onnx(model, tmp_path / "m.onnx")
-    report = check_parity(model, path, batches=(1, 64, 512))
+def test_parity_passes_on_a_faithful_export_with_fp16(tmp_path):
+    ranker = small_ranker()
+    path = export_ranker(ranker, tmp_path / "r.onnx")
+    half = export_fp16(ranker, tmp_path / "r16.onnx")
+    report = check_ranker(ranker, path, half, batches=(1, 64, 512))
     assert report["max_abs_score_diff"] <= 1e-4 and report["top10_identical"] == 1.0
+    assert report["fp16_top10_overlap"] >= 0.99
 
 
 def test_parity_check_collects_every_mismatch(tmp_path):
-    model = HistoryRanker(RankerConfig(num_items=30, dim=8, history_length=6, max_k=10)).eval()
-    path = export_onnx(model, tmp_path / "m.onnx")
+    ranker = small_ranker()
+    path = export_ranker(ranker, tmp_path / "r.onnx")
     with torch.no_grad():
-        model.item_bias.add_(torch.linspace(0, 1, 31))  # PyTorch now differs from the file
+        ranker.item_emb.weight.add_(torch.randn_like(ranker.item_emb.weight))  # now differs
     with pytest.raises(ModelExportError) as caught:
-        check_parity(model, path, batches=(1, 64))
+        check_ranker(ranker, path, batches=(1, 64))
     assert str(caught.value).count("batch") >= 2  # both batches reported, not just the first
 
 
-def test_sample_inputs_are_left_padded_with_variable_lengths():
-    model = HistoryRanker(RankerConfig(num_items=30, history_length=6))
-    inputs = sample_inputs(model, 50)
+def test_parity_inputs_cover_short_empty_and_search_histories():
+    inputs = ranker_inputs(small_ranker(), 64)
     lengths = (inputs["event_types"] > 0).sum(axis=1)
-    assert lengths.min() >= 1 and len(np.unique(lengths)) > 1
-    assert all(
-        (row[: 6 - n] == 0).all() for row, n in zip(inputs["item_ids"], lengths, strict=False)
-    )
+    assert lengths[0] == 1 and lengths[1] == 0 and len(np.unique(lengths)) > 3
+    searches = inputs["event_types"] == 2
+    assert searches.any() and (inputs["item_ids"][searches] == 0).all()
+    assert (inputs["query_vecs"][~searches] == 0).all()
+
+
+def test_an_empty_history_scores_finite_values():
+    ranker = small_ranker()
+    zeros = torch.zeros(1, 6, dtype=torch.int64)
+    scores, _ = ranker(zeros, zeros, torch.zeros(1, 6, 8), torch.zeros(1, 1, dtype=torch.int64))
+    assert torch.isfinite(scores).all()

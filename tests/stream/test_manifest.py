@@ -25,24 +25,37 @@ def test_a_written_directory_loads(tiny_model_dir):
     manifest = load_manifest(tiny_model_dir)
     assert manifest.format_version == FORMAT_VERSION
     assert len(manifest.items) == 1682 and manifest.items[0] == "1"
-    assert {s.name for s in manifest.inputs} == {"item_ids", "event_types", "exclude_ids"}
+    assert [s.name for s in manifest.inputs] == [
+        "item_ids",
+        "event_types",
+        "query_vecs",
+        "exclude_ids",
+    ]
+    assert set(manifest.files) == {"ranker", "ranker_fp16", "query_encoder", "tokenizer"}
+    assert manifest.versions["torch"].startswith("2.13")
 
 
 def test_missing_directory_says_how_to_build_one(tmp_path):
-    with pytest.raises(ModelLoadError, match="model_export build"):
+    with pytest.raises(ModelLoadError, match="make model"):
         load_manifest(tmp_path / "nowhere")
 
 
-def test_truncated_onnx_is_refused_naming_the_file(model_copy):
-    onnx = model_copy / "model.onnx"
-    onnx.write_bytes(onnx.read_bytes()[:1000])
-    with pytest.raises(ModelLoadError, match=r"model\.onnx has sha256"):
+@pytest.mark.parametrize(
+    "name", ["ranker.onnx", "ranker.fp16.onnx", "query_encoder.onnx", "tokenizer.json"]
+)
+def test_truncated_file_is_refused_naming_the_file(model_copy, name):
+    path = model_copy / name
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=rf"{name.replace('.', '[.]')} has sha256"):
         load_manifest(model_copy)
 
 
-def test_missing_onnx_is_refused(model_copy):
-    (model_copy / "model.onnx").unlink()
-    with pytest.raises(ModelLoadError, match="does not exist"):
+@pytest.mark.parametrize("name", ["ranker.onnx", "query_encoder.onnx"])
+def test_missing_file_is_refused(model_copy, name):
+    (model_copy / name).unlink()
+    with pytest.raises(
+        ModelLoadError, match=rf"{name.replace('.', '[.]')} named by .* does not exist"
+    ):
         load_manifest(model_copy)
 
 
@@ -53,7 +66,8 @@ def test_missing_onnx_is_refused(model_copy):
         ({"features": "other/1"}, "feature set"),
         ({"inputs": []}, "lack"),
         ({"items": []}, "malformed"),
-        ({"onnx_file": "../model.onnx"}, "malformed"),
+        ({"files": {"ranker": {"file": "../ranker.onnx", "sha256": "0"}}}, "malformed"),
+        ({"files": {"query_encoder": {"file": "query_encoder.onnx", "sha256": "0"}}}, "malformed"),
     ],
 )
 def test_incompatible_manifests_are_refused(model_copy, changes, message):

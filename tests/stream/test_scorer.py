@@ -78,3 +78,26 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu(tiny_model_dir, caplog):
         pytest.skip("a GPU is present")
     assert scorer.providers == [CPU]
     assert "falling back" in caplog.text or "scoring on CPU" in caplog.text
+
+
+def search(i, query):
+    return Event(f"s{i}", "u", "search", i, query=query)
+
+
+def test_search_events_change_the_list_and_repeated_queries_hit_the_cache(scorer):
+    base = context_of(click(1, "50"))
+    searched = context_of(click(1, "50"), search(2, "Star Wars"))
+    other = context_of(click(1, "50"), search(2, "Toy Story children's animation"))
+    lists = scorer.score([base, searched, other])
+    assert scorer.queries is not None
+    scores = [[s for _, s in ranked] for ranked in lists]
+    assert scores[0] != scores[1] and scores[1] != scores[2]  # the query reaches the ranker
+    hits = scorer.queries.hits
+    scorer.score([searched])
+    assert scorer.queries.hits == hits + 1
+    inputs = scorer.encode([searched])
+    assert inputs["query_vecs"][0, -1].any() and not inputs["query_vecs"][0, :-1].any()
+
+
+def test_the_fp32_ranker_serves_on_cpu(scorer):
+    assert scorer.ranker_role == "ranker" and scorer.providers == [CPU]

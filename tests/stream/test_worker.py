@@ -237,7 +237,7 @@ def test_worker_refuses_a_model_directory_it_cannot_serve(damage, tiny_model_dir
     model_dir = tmp_path / "model"
     if damage == "tampered":
         shutil.copytree(tiny_model_dir, model_dir)
-        with (model_dir / "model.onnx").open("ab") as fh:
+        with (model_dir / "ranker.onnx").open("ab") as fh:
             fh.write(b"\0")
     result = subprocess.run(
         [sys.executable, "-m", "stream", "worker"],
@@ -254,6 +254,6 @@ def test_worker_refuses_a_model_directory_it_cannot_serve(damage, tiny_model_dir
     )
     assert result.returncode != 0
     assert "cannot start the worker" in result.stderr
-    assert ("model_export build" if damage == "missing" else "model.onnx has sha256") in (
+    assert ("make model" if damage == "missing" else "ranker.onnx has sha256") in (
         result.stderr
     )

@@ -1,0 +1,153 @@
+"""PyTorch vs ONNX Runtime parity on padded, variable-length batches.
+
+Every check runs all its batches and collects each mismatch before failing, so one run
+shows everything that is wrong. Thresholds (the export contract, see
+:mod:`model_export.export`): fp32 ranker max |score diff| <= ``SCORE_TOLERANCE`` and top-10
+identical for >= ``TOP10_IDENTICAL`` of users; fp16 ranker mean top-10 overlap >=
+``FP16_TOP10_OVERLAP``; query encoder max |vector diff| <= ``SCORE_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from model_export.model import SequenceRanker
+from stream.errors import ModelExportError
+from stream.queries import tokenize
+
+SCORE_TOLERANCE = 1e-4
+TOP10_IDENTICAL = 0.999
+FP16_TOP10_OVERLAP = 0.99
+#: Batch sizes checked: a single user, a typical micro-batch, a large one.
+BATCHES = (1, 64, 512)
+
+
+def ranker_inputs(model: SequenceRanker, batch: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Worker-shaped inputs for parity checks.
+
+    Left-padded histories of random lengths, including length 1 and empty (a new user),
+    search events with query vectors, and excluded items.
+    """
+    rng = np.random.default_rng(seed)
+    cfg = model.config
+    length = cfg.history_length
+    item_ids = rng.integers(1, cfg.num_items + 1, size=(batch, length), dtype=np.int64)
+    event_types = rng.choice(np.array([1, 1, 1, 2, 3]), size=(batch, length)).astype(np.int64)
+    keep = rng.integers(0, length + 1, size=batch)
+    keep[: min(batch, 2)] = [1, 0][: min(batch, 2)]  # a length-1 history and an empty one
+    for row, n in enumerate(keep):
+        item_ids[row, : length - n] = 0
+        event_types[row, : length - n] = 0
+    item_ids[event_types == 2] = 0  # searches name no item
+    query_vecs = rng.normal(0, 0.3, size=(batch, length, cfg.dim)).astype(np.float32)
+    query_vecs[event_types != 2] = 0.0
+    exclude_ids = rng.integers(0, cfg.num_items + 1, size=(batch, 7), dtype=np.int64)
+    return {
+        "item_ids": item_ids,
+        "event_types": event_types,
+        "query_vecs": query_vecs,
+        "exclude_ids": exclude_ids,
+    }
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # fp16 graphs log every CPU fallback otherwise
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_ranker(
+    model: SequenceRanker,
+    onnx_path: Path,
+    fp16_path: Path | None = None,
+    batches: Sequence[int] = BATCHES,
+) -> dict[str, Any]:
+    """Compare the ranker (and its fp16 variant) with PyTorch; raise listing every mismatch.
+
+    Raises:
+        ModelExportError: naming each batch and figure outside the contract.
+    """
+    model.eval()
+    session = _session(onnx_path)
+    half = _session(fp16_path) if fp16_path is not None else None
+    problems: list[str] = []
+    worst, identical, overlap = 0.0, [], []
+    for seed, batch in enumerate(batches):
+        inputs = ranker_inputs(model, batch, seed=seed)
+        with torch.no_grad():
+            expected = [t.numpy() for t in model(*(torch.from_numpy(v) for v in inputs.values()))]
+        scores, indices = session.run(["scores", "indices"], inputs)
+        diff = float(np.abs(scores - expected[0]).max())
+        worst = max(worst, diff)
+        if diff > SCORE_TOLERANCE:
+            problems.append(f"fp32 batch {batch}: max |score diff| {diff:.2e} > {SCORE_TOLERANCE}")
+        same = float((indices[:, :10] == expected[1][:, :10]).all(axis=1).mean())
+        identical.append(same)
+        if same < TOP10_IDENTICAL:
+            problems.append(f"fp32 batch {batch}: top-10 identical for {same:.2%} of users")
+        if half is not None:
+            _, half_indices = half.run(["scores", "indices"], inputs)
+            share = _overlap(half_indices[:, :10], expected[1][:, :10])
+            overlap.append(share)
+            if share < FP16_TOP10_OVERLAP:
+                problems.append(f"fp16 batch {batch}: top-10 overlap {share:.4f}")
+    if problems:
+        raise ModelExportError("ONNX ranker parity failed:\n  " + "\n  ".join(problems))
+    report: dict[str, Any] = {
+        "batches": list(batches),
+        "max_abs_score_diff": worst,
+        "top10_identical": min(identical),
+    }
+    if overlap:
+        report["fp16_top10_overlap"] = min(overlap)
+    return report
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+
+
+def query_texts(batch: int, seed: int) -> list[str]:
+    """Queries of varied length, including empty ones (all padding after tokenisation)."""
+    rng = np.random.default_rng(seed)
+    words = ["star", "wars", "toy", "story", "comedy", "romance", "1995", "dark", "knight", "é"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 40))) for _ in range(batch)]
+    texts[0] = ""
+    return texts
+
+
+def check_query_encoder(
+    tower: nn.Module, tokenizer: Tokenizer, onnx_path: Path, batches: Sequence[int] = (1, 64)
+) -> dict[str, Any]:
+    """Compare the query encoder with PyTorch on padded variable-length query batches.
+
+    Raises:
+        ModelExportError: naming each batch whose vectors differ beyond tolerance.
+    """
+    session = _session(onnx_path)
+    problems, worst = [], 0.0
+    for seed, batch in enumerate(batches):
+        inputs = tokenize(tokenizer, query_texts(batch, seed))
+        if batch > 1:  # one row entirely padding: an empty query in a batch of longer ones
+            inputs["attention_mask"][1] = 0
+            inputs["input_ids"][1] = 0
+        with torch.no_grad():
+            expected = tower(
+                *(torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask"))
+            )
+        (got,) = session.run(["query_vecs"], inputs)
+        diff = float(np.abs(got - expected.numpy()).max())
+        worst = max(worst, diff)
+        if diff > SCORE_TOLERANCE:
+            problems.append(f"batch {batch}: max |vector diff| {diff:.2e} > {SCORE_TOLERANCE}")
+    if problems:
+        raise ModelExportError("ONNX query encoder parity failed:\n  " + "\n  ".join(problems))
+    return {"batches": list(batches), "max_abs_vector_diff": worst}

@@ -1,0 +1,193 @@
+"""Event logs as per-user sequences, split leave-one-out in time order.
+
+Order: a user's events are sorted by ``ts``; events with equal ``ts`` keep their order in the
+log (a stable sort), so the split is reproducible from the same file. The *interactions* that
+serve as targets are ``click`` events on catalogue items. Per user, the last interaction is
+the test target and the second-to-last the validation target; training sees only events
+before the validation target. Users with fewer than three interactions train but are not
+evaluated. Evaluation histories are every event before the target (the worker's view).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
+from stream.records import Event
+
+CLICK = EVENT_TYPE_IDS["click"]
+PURCHASE = EVENT_TYPE_IDS["purchase"]
+NO_QUERY = -1
+Target = Literal["valid", "test"]
+#: How much of each user's interactions a statistic may see: up to the validation target,
+#: up to the test target, or everything (serving).
+Horizon = Literal["valid", "test", "all"]
+#: Which items are removed from a list: ``purchased`` only, or everything ``seen``. The worker
+#: (``STREAMREC_EXCLUDE``), replay and evaluation share this policy.
+ExcludePolicy = Literal["purchased", "seen"]
+
+
+@dataclass(frozen=True)
+class UserSequence:
+    """One user's events in time order, as model indices."""
+
+    user_id: str
+    items: np.ndarray  # int64 item index per event (0: no item / unknown item)
+    types: np.ndarray  # int64 event type id per event
+    query_ids: np.ndarray  # int64 index into Split.queries per event (-1: no query)
+    valid_pos: int  # event index of the validation target (-1: user not evaluated)
+    test_pos: int  # event index of the test target (-1: user not evaluated)
+
+    def clicked_before(self, pos: int) -> np.ndarray:
+        """Item indices of the interactions before event ``pos``, oldest first."""
+        head_items, head_types = self.items[:pos], self.types[:pos]
+        return head_items[(head_types == CLICK) & (head_items != PAD_INDEX)]
+
+
+@dataclass(frozen=True)
+class EvalExamples:
+    """One example per evaluated user: the history before a target, left-padded."""
+
+    item_ids: np.ndarray  # [users, history]
+    event_types: np.ndarray  # [users, history]
+    query_ids: np.ndarray  # [users, history]
+    targets: np.ndarray  # [users]
+    excluded: list[np.ndarray]  # item indices masked for each user
+    histories: list[np.ndarray]  # every interaction before the target (for baselines)
+
+
+@dataclass(frozen=True)
+class TrainWindows:
+    """Left-padded windows of training events with each position's next-click target."""
+
+    item_ids: np.ndarray  # [windows, history]
+    event_types: np.ndarray
+    query_ids: np.ndarray
+    targets: np.ndarray  # 0 where a position has no target inside the training part
+    users: np.ndarray  # [windows] index of the window's user in Split.sequences
+
+
+@dataclass(frozen=True)
+class Split:
+    """Per-user sequences over one catalogue, with the queries they mention."""
+
+    sequences: tuple[UserSequence, ...]
+    num_items: int
+    queries: tuple[str, ...]
+
+    def evaluated(self) -> list[UserSequence]:
+        """Users that have validation and test targets."""
+        return [s for s in self.sequences if s.test_pos >= 0]
+
+    def train_end(self, seq: UserSequence) -> int:
+        """Number of leading events of ``seq`` that training may see."""
+        return seq.valid_pos if seq.valid_pos >= 0 else len(seq.items)
+
+    def train_interactions(self, until: Horizon = "valid") -> list[np.ndarray]:
+        """Per user, the interactions before the ``until`` target (``all``: every one)."""
+        out = []
+        for seq in self.sequences:
+            if until == "all" or seq.test_pos < 0:
+                end = len(seq.items)
+            else:
+                end = seq.test_pos if until == "test" else seq.valid_pos
+            out.append(seq.clicked_before(end))
+        return out
+
+    def examples(
+        self, target: Target, history_length: int, exclude: ExcludePolicy = "seen"
+    ) -> EvalExamples:
+        """The validation or test example of every evaluated user."""
+        users = self.evaluated()
+        shape = (len(users), history_length)
+        item_ids = np.zeros(shape, dtype=np.int64)
+        event_types = np.zeros(shape, dtype=np.int64)
+        query_ids = np.full(shape, NO_QUERY, dtype=np.int64)
+        targets = np.zeros(len(users), dtype=np.int64)
+        excluded, histories = [], []
+        for row, seq in enumerate(users):
+            pos = seq.valid_pos if target == "valid" else seq.test_pos
+            start = max(0, pos - history_length)
+            width = pos - start
+            item_ids[row, history_length - width :] = seq.items[start:pos]
+            event_types[row, history_length - width :] = seq.types[start:pos]
+            query_ids[row, history_length - width :] = seq.query_ids[start:pos]
+            targets[row] = seq.items[pos]
+            excluded.append(_excluded(seq, pos, exclude))
+            histories.append(seq.clicked_before(pos))
+        return EvalExamples(item_ids, event_types, query_ids, targets, excluded, histories)
+
+    def windows(self, history_length: int) -> TrainWindows:
+        """Training windows: every training event is a position with its next-click target."""
+        items, types, queries, targets, users = [], [], [], [], []
+        for user, seq in enumerate(self.sequences):
+            end = self.train_end(seq)
+            if end == 0:
+                continue
+            next_click = _next_click_targets(seq.items[:end], seq.types[:end])
+            for stop in range(end, 0, -history_length):
+                start = max(0, stop - history_length)
+                pad = history_length - (stop - start)
+                items.append(np.pad(seq.items[start:stop], (pad, 0)))
+                types.append(np.pad(seq.types[start:stop], (pad, 0)))
+                queries.append(np.pad(seq.query_ids[start:stop], (pad, 0), constant_values=-1))
+                targets.append(np.pad(next_click[start:stop], (pad, 0)))
+                users.append(user)
+        return TrainWindows(
+            item_ids=np.stack(items).astype(np.int64),
+            event_types=np.stack(types).astype(np.int64),
+            query_ids=np.stack(queries).astype(np.int64),
+            targets=np.stack(targets).astype(np.int64),
+            users=np.array(users, dtype=np.int64),
+        )
+
+
+def _excluded(seq: UserSequence, pos: int, policy: ExcludePolicy) -> np.ndarray:
+    items, types = seq.items[:pos], seq.types[:pos]
+    if policy == "purchased":
+        items = items[types == PURCHASE]
+    return np.unique(items[items != PAD_INDEX])
+
+
+def _next_click_targets(items: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """For each position, the item of the next click strictly after it (0 if none)."""
+    targets = np.zeros(len(items), dtype=np.int64)
+    upcoming = 0
+    for pos in range(len(items) - 1, -1, -1):
+        targets[pos] = upcoming
+        if types[pos] == CLICK and items[pos] != PAD_INDEX:
+            upcoming = items[pos]
+    return targets
+
+
+def build_split(events: Iterable[Event], items: Sequence[str]) -> Split:
+    """Group ``events`` by user in time order and mark the leave-one-out targets."""
+    index = {item: i + 1 for i, item in enumerate(items)}
+    per_user: dict[str, list[Event]] = defaultdict(list)
+    for ev in events:
+        per_user[ev.user_id].append(ev)
+    query_index: dict[str, int] = {}
+    sequences = []
+    for user, user_events in per_user.items():
+        user_events.sort(key=lambda e: e.ts)  # stable: equal ts keep log order
+        item_ids = np.array(
+            [index.get(e.item_id, PAD_INDEX) if e.item_id else PAD_INDEX for e in user_events],
+            dtype=np.int64,
+        )
+        types = np.array([EVENT_TYPE_IDS[e.type] for e in user_events], dtype=np.int64)
+        query_ids = np.array(
+            [
+                query_index.setdefault(e.query, len(query_index)) if e.query else NO_QUERY
+                for e in user_events
+            ],
+            dtype=np.int64,
+        )
+        clicks = np.flatnonzero((types == CLICK) & (item_ids != PAD_INDEX))
+        valid_pos, test_pos = (int(clicks[-2]), int(clicks[-1])) if len(clicks) >= 3 else (-1, -1)
+        sequences.append(UserSequence(user, item_ids, types, query_ids, valid_pos, test_pos))
+    return Split(tuple(sequences), len(items), tuple(query_index))

@@ -1,0 +1,52 @@
+import numpy as np
+
+from model_export.split import build_split
+from stream.records import Event
+
+ITEMS = ["a", "b", "c", "d", "e"]
+
+
+def ev(n, user, kind, ts, item=None, query=None):
+    return Event(f"e{n}", user, kind, ts, item_id=item, query=query)
+
+
+def test_leave_one_out_in_time_order_with_stable_ties():
+    events = [
+        ev(1, "u", "click", 30, "c"),
+        ev(2, "u", "click", 10, "a"),
+        ev(3, "u", "click", 20, "b"),
+        ev(4, "u", "click", 20, "d"),  # same ts as e3: keeps log order (b before d)
+        ev(5, "u", "purchase", 30, "c"),
+        ev(6, "u", "search", 40, query="shoes"),
+        ev(7, "u", "click", 50, "e"),
+    ]
+    split = build_split(events, ITEMS)
+    (seq,) = split.sequences
+    assert seq.items.tolist() == [1, 2, 4, 3, 3, 0, 5]  # a b d c c(purchase) search e
+    assert (seq.valid_pos, seq.test_pos) == (3, 6)  # second-to-last and last click
+    assert split.queries == ("shoes",)
+    assert split.train_interactions("valid")[0].tolist() == [1, 2, 4]
+    assert split.train_interactions("test")[0].tolist() == [1, 2, 4, 3]
+    test = split.examples("test", 4, "seen")
+    assert test.targets.tolist() == [5]
+    assert test.item_ids.tolist() == [[4, 3, 3, 0]]  # the last 4 events before the target
+    assert test.query_ids.tolist() == [[-1, -1, -1, 0]]
+    assert test.excluded[0].tolist() == [1, 2, 3, 4]
+    assert split.examples("test", 4, "purchased").excluded[0].tolist() == [3]
+    valid = split.examples("valid", 4)
+    assert valid.targets.tolist() == [3] and valid.item_ids.tolist() == [[0, 1, 2, 4]]
+
+
+def test_users_with_under_three_interactions_train_but_are_not_evaluated():
+    split = build_split([ev(1, "v", "click", 1, "a"), ev(2, "v", "click", 2, "b")], ITEMS)
+    assert split.evaluated() == []
+    assert split.train_interactions()[0].tolist() == [1, 2]
+
+
+def test_training_windows_never_target_the_validation_item():
+    events = [ev(i, "u", "click", i, item) for i, item in enumerate("abcde")]
+    windows = build_split(events, ITEMS).windows(history_length=3)
+    # training part a b c (valid d, test e); each position targets the next click in it
+    assert windows.item_ids.tolist() == [[1, 2, 3]]
+    assert windows.targets.tolist() == [[2, 3, 0]]
+    assert np.all(windows.targets != 4)
