@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from model_export.model import SequenceRanker
@@ -25,6 +26,7 @@ from model_export.text import TextEncoder, pretrained_dir
 from model_export.train import TrainedModel
 from stream.errors import ModelExportError
 from stream.manifest import (
+    MANIFEST_FILE,
     QUERY_ENCODER,
     QUERY_INPUTS,
     QUERY_OUTPUTS,
@@ -38,7 +40,7 @@ from stream.manifest import (
     sha256_file,
     write_manifest,
 )
-from stream.queries import load_tokenizer, tokenize
+from stream.queries import tokenize
 
 OPSET = 18
 FILES = {
@@ -90,10 +92,13 @@ def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, sp
     return path
 
 
+def _ranker_example(ranker: SequenceRanker) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(v) for v in ranker_inputs(ranker, 2).values())
+
+
 def export_ranker(ranker: SequenceRanker, path: Path) -> Path:
     """Write the ranker's graph under the export contract."""
-    example = tuple(torch.from_numpy(v) for v in ranker_inputs(ranker, 2).values())
-    return _export(ranker, example, path, (RANKER_INPUTS, RANKER_OUTPUTS))
+    return _export(ranker, _ranker_example(ranker), path, (RANKER_INPUTS, RANKER_OUTPUTS))
 
 
 class HalfRanker(nn.Module):
@@ -117,13 +122,13 @@ class HalfRanker(nn.Module):
 
 def export_fp16(ranker: SequenceRanker, path: Path) -> Path:
     """An fp16 ranker for GPUs (inputs and outputs stay fp32/int64)."""
-    example = tuple(torch.from_numpy(v) for v in ranker_inputs(ranker, 2).values())
-    return _export(HalfRanker(ranker), example, path, (RANKER_INPUTS, RANKER_OUTPUTS))
+    return _export(
+        HalfRanker(ranker), _ranker_example(ranker), path, (RANKER_INPUTS, RANKER_OUTPUTS)
+    )
 
 
-def export_query_encoder(tower: QueryTower, path: Path, max_tokens: int) -> Path:
+def export_query_encoder(tower: QueryTower, tokenizer: Tokenizer, path: Path) -> Path:
     """Write the query encoder's graph (dynamic batch and token count)."""
-    tokenizer = load_tokenizer(pretrained_dir() / "tokenizer.json", max_tokens)
     inputs = tokenize(tokenizer, ["star wars", "a longer example query"])
     example = (torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
     return _export(tower, example, path, (QUERY_INPUTS, QUERY_OUTPUTS))
@@ -137,18 +142,21 @@ def export(
     Raises:
         ModelExportError: if a parity check fails (nothing is marked servable then).
     """
+    ranker = trained.ranker.eval()
+    if len(items) != ranker.config.num_items:
+        msg = f"{len(items)} item ids for a ranker of {ranker.config.num_items} items"
+        raise ModelExportError(msg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
-    ranker = trained.ranker.eval()
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
     ranker_path = export_ranker(ranker, out / FILES[RANKER])
     fp16_path = export_fp16(ranker, out / FILES[RANKER_FP16])
     parity: dict[str, Any] = {"ranker": check_ranker(ranker, ranker_path, fp16_path)}
     written = [RANKER, RANKER_FP16]
-    max_tokens = int(info.get("query_max_tokens", 32))
+    max_tokens = int(trained.report["train_config"]["text"]["max_tokens"])
     if trained.encoder is not None and trained.tokenizer is not None:
         tower = QueryTower(trained.encoder, ranker).eval()
-        query_path = export_query_encoder(tower, out / FILES[QUERY_ENCODER], max_tokens)
+        query_path = export_query_encoder(tower, trained.tokenizer, out / FILES[QUERY_ENCODER])
         parity["query_encoder"] = check_query_encoder(tower, trained.tokenizer, query_path)
         shutil.copyfile(pretrained_dir() / "tokenizer.json", out / FILES[TOKENIZER])
         written += [QUERY_ENCODER, TOKENIZER]
@@ -170,8 +178,5 @@ def export(
         },
         training={**info, **trained.report, "parity": parity},
     )
-    if len(items) != ranker.config.num_items:
-        msg = f"{len(items)} item ids for a ranker of {ranker.config.num_items} items"
-        raise ModelExportError(msg)
     write_manifest(out, manifest)
     return manifest

@@ -142,9 +142,9 @@ class SequenceRanker(nn.Module):
             x = block(x, bias)
         return self.norm(x)
 
-    def _click_weights(self, item_ids: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
-        clicks = ((event_types == CLICK) & (item_ids > 0)).to(self.recency.dtype)
-        return torch.exp(self.recency) * clicks
+    def _clicks(self, item_ids: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
+        """1.0 at clicks on known items (the events the prior counts), else 0.0."""
+        return ((event_types == CLICK) & (item_ids > 0)).to(self.recency.dtype)
 
     def logits(
         self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
@@ -153,7 +153,7 @@ class SequenceRanker(nn.Module):
         user = self.hidden(item_ids, event_types, query_vecs)[:, -1]
         scores = user @ self.item_matrix().T
         if self.config.use_cooc:
-            weights = self._click_weights(item_ids, event_types)
+            weights = torch.exp(self.recency) * self._clicks(item_ids, event_types)
             # fp32 scatter (ONNX Runtime has no fp16 ScatterElements-add on CPU), then cast
             histogram = (
                 torch.zeros(scores.shape, dtype=torch.float32)
@@ -181,8 +181,7 @@ class SequenceRanker(nn.Module):
             lag = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
             # position t weighs earlier position j by recency[L-1-(t-j)], as serving does at t=L-1
             per_lag = torch.exp(self.recency).flip(0)[lag.clamp(min=0)] * (lag >= 0)
-            clicks = ((event_types == CLICK) & (item_ids > 0)).to(scores.dtype)
-            weights = per_lag.unsqueeze(0) * clicks.unsqueeze(1)
+            weights = per_lag.unsqueeze(0) * self._clicks(item_ids, event_types).unsqueeze(1)
             prior = self.cooc if cooc is None else cooc
             scores = scores + self.alpha * torch.bmm(weights, prior[item_ids])
         return scores

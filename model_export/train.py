@@ -131,15 +131,20 @@ def evaluate_ranker(
     return ranking_metrics(top, examples.targets, ranker.config.num_items)
 
 
-def fit_cooc(ranker: SequenceRanker, split: Split, until: Horizon, config: CoocConfig) -> None:
+def fit_cooc(
+    ranker: SequenceRanker, split: Split, until: Horizon, config: CoocConfig
+) -> np.ndarray | None:
     """Install the co-occurrence prior counted over interactions before ``until``.
 
     Training uses ``valid`` (nothing it is validated on); the test evaluation refits on
-    ``test``, as the baselines do; an exported model for serving uses ``all``.
+    ``test``, as the baselines do; an exported model for serving uses ``all``. Returns the
+    counts (``None`` for a ranker without the prior).
     """
-    if ranker.config.use_cooc:
-        counts = cooccurrence(split.train_interactions(until), split.num_items, config)
-        ranker.set_cooc(torch.from_numpy(counts))
+    if not ranker.config.use_cooc:
+        return None
+    counts = cooccurrence(split.train_interactions(until), split.num_items, config)
+    ranker.set_cooc(torch.from_numpy(counts))
+    return counts
 
 
 def train(
@@ -170,8 +175,8 @@ def train(
         synthetic = embed(encoder, tokenizer, [synthetic_query(t) for t in texts])
         synthetic_text = torch.from_numpy(np.concatenate([np.zeros_like(synthetic[:1]), synthetic]))
     report["text_seconds"] = round(time.perf_counter() - started, 1)
-    fit_cooc(ranker, split, "valid", config.cooc)
-    folds = _cooc_folds(ranker, split, config)
+    counts = fit_cooc(ranker, split, "valid", config.cooc)
+    folds = _cooc_folds(split, counts, config) if counts is not None else []
     windows = split.windows(model_config.history_length)
     count = len(windows.targets)
     if config.max_windows:
@@ -186,7 +191,7 @@ def train(
     windows = _subset(windows, np.random.permutation(len(windows.targets))[:count])
     for epoch in range(1, config.epochs + 1):
         ranker.train()
-        batches = _fold_batches(windows.users[:count], len(folds), config.batch_size)
+        batches = _fold_batches(windows.users, len(folds), config.batch_size)
         total = 0.0
         bar = tqdm(batches, desc=f"ranker epoch {epoch}", disable=not progress)
         for fold, rows in bar:
@@ -230,16 +235,16 @@ def train(
     return TrainedModel(ranker, encoder, tokenizer, report)
 
 
-def _cooc_folds(ranker: SequenceRanker, split: Split, config: TrainConfig) -> list[torch.Tensor]:
+def _cooc_folds(split: Split, total: np.ndarray, config: TrainConfig) -> list[torch.Tensor]:
     """Out-of-fold priors: fold ``f`` counts every user except those with index ``% F == f``.
 
-    A prior counted over the training split contains each training target's own transition,
-    which the model would learn to trust; at validation and serving time it cannot.
+    ``total`` is the prior's count over the whole training split. It contains each training
+    target's own transition, which the model would learn to trust; at validation and
+    serving time it cannot.
     """
-    if not ranker.config.use_cooc or config.cooc_folds < 2:
+    if config.cooc_folds < 2:
         return []
     interactions = split.train_interactions("valid")
-    total = cooccurrence(interactions, split.num_items, config.cooc)
     priors = []
     for fold in range(config.cooc_folds):
         own = cooccurrence(interactions[fold :: config.cooc_folds], split.num_items, config.cooc)
