@@ -63,18 +63,21 @@ def _configs(args: argparse.Namespace, num_items: int) -> tuple:
 def _train(args: argparse.Namespace) -> dict:
     from model_export.checkpoint import save_checkpoint
     from model_export.split import build_split
-    from model_export.train import fit_cooc, train
+    from model_export.train import train
 
     events, catalogue, source = _inputs(args)
     model_config, train_config = _configs(args, len(catalogue))
     split = build_split(events, [i.item_id for i in catalogue])
+    # A model to serve: epochs chosen on validation, then fit on the whole log.
     trained = train(
-        split, [i.text for i in catalogue], model_config, train_config, progress=not args.quiet
+        split,
+        [i.text for i in catalogue],
+        model_config,
+        train_config,
+        final_fit="all",
+        progress=not args.quiet,
     )
     trained.report["dataset"] = source
-    # Serving counts the co-occurrence prior over the whole log (training used its past).
-    fit_cooc(trained.ranker, split, "all", train_config.cooc)
-    trained.report["cooc_horizon"] = "all"
     save_checkpoint(trained, tuple(i.item_id for i in catalogue), args.checkpoint)
     summary = {
         "checkpoint": str(args.checkpoint),

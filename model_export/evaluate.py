@@ -5,6 +5,11 @@ full ranking over every catalogue item, the user's earlier items excluded under 
 exclusion policy (``seen`` for MovieLens). Metrics at K=10: HR, NDCG, MRR and catalogue
 coverage. Every method is scored by :func:`model_export.metrics.top_k` and
 :func:`model_export.metrics.ranking_metrics` on the same examples.
+
+Diversity: the model's lists are also re-ranked by :func:`stream.diversity.rerank` (the
+worker's code) at several weights, reporting HR/NDCG@10 with intra-list diversity measured
+on the model's item vectors and, where item texts carry tags after ``" | "`` (MovieLens
+genres), on those tags.
 """
 
 from __future__ import annotations
@@ -18,26 +23,77 @@ import numpy as np
 import torch
 
 from model_export.baselines import ItemKNNConfig, itemknn, most_popular, tune_itemknn
-from model_export.metrics import ranking_metrics, top_k
+from model_export.metrics import intra_list_diversity, masked_scores, ranking_metrics, top_k
 from model_export.model import RankerConfig
-from model_export.split import ExcludePolicy, Split
+from model_export.split import EvalExamples, ExcludePolicy, Split
 from model_export.text import embed
-from model_export.train import TrainConfig, TrainedModel, predict, train
+from model_export.train import QUERY_SEPARATOR, TrainConfig, TrainedModel, predict, train
+from stream.diversity import rerank, unit_rows
 
 K = 10
 METRICS = (f"hr@{K}", f"ndcg@{K}", f"mrr@{K}", f"coverage@{K}")
 MODEL = "model"
 NO_TEXT = "model without MiniLM"
+#: Diversity weights (``STREAMREC_DIVERSITY``) measured on the model's test lists.
+DIVERSITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
+DIVERSITY_METRICS = (f"hr@{K}", f"ndcg@{K}", f"ild@{K}", f"tag_ild@{K}")
 
 
-def test_metrics(trained: TrainedModel, split: Split, exclude: ExcludePolicy) -> dict[str, float]:
-    """The trained model's test metrics (its queries encoded by its own encoder)."""
-    examples = split.examples("test", trained.ranker.config.history_length, exclude)
+def test_scores(trained: TrainedModel, split: Split, examples: EvalExamples) -> np.ndarray:
+    """The trained model's unmasked test scores (queries encoded by its own encoder)."""
     query_text = torch.zeros(0, trained.ranker.config.text_dim)
     if trained.encoder is not None and trained.tokenizer is not None and split.queries:
         query_text = torch.from_numpy(embed(trained.encoder, trained.tokenizer, split.queries))
-    top = top_k(predict(trained.ranker, examples, query_text), examples.excluded, K)
-    return ranking_metrics(top, examples.targets, split.num_items)
+    return predict(trained.ranker, examples, query_text)
+
+
+def tag_vectors(texts: Sequence[str]) -> np.ndarray | None:
+    """Unit multi-hot rows of the comma-separated tags after ``" | "`` (row 0: padding).
+
+    ``None`` when no text has tags.
+    """
+    tags = [
+        [t.strip() for t in text.split(QUERY_SEPARATOR, 1)[1].split(",") if t.strip()]
+        if QUERY_SEPARATOR in text
+        else []
+        for text in texts
+    ]
+    names = sorted({t for item in tags for t in item})
+    if not names:
+        return None
+    column = {name: i for i, name in enumerate(names)}
+    hot = np.zeros((len(texts) + 1, len(names)), dtype=np.float32)
+    for row, item in enumerate(tags, start=1):
+        hot[row, [column[t] for t in item]] = 1.0
+    return unit_rows(hot)
+
+
+def diversity_metrics(
+    scores: np.ndarray,
+    examples: EvalExamples,
+    item_vectors: np.ndarray,
+    tags: np.ndarray | None,
+    max_k: int,
+) -> list[dict[str, float]]:
+    """HR/NDCG@K and intra-list diversity of MMR-re-ranked lists at each weight."""
+    masked = masked_scores(scores, examples.excluded)
+    candidates = np.argsort(-masked, axis=1, kind="stable")[:, :max_k]
+    candidate_scores = np.take_along_axis(masked, candidates, axis=1)
+    valid = np.isfinite(candidate_scores)
+    results = []
+    for weight in DIVERSITY_WEIGHTS:
+        _, top = rerank(candidate_scores, candidates, valid, item_vectors, K, weight)
+        metrics = ranking_metrics(top, examples.targets, len(item_vectors) - 1)
+        results.append(
+            {
+                "weight": weight,
+                f"hr@{K}": metrics[f"hr@{K}"],
+                f"ndcg@{K}": metrics[f"ndcg@{K}"],
+                f"ild@{K}": intra_list_diversity(top, item_vectors),
+                f"tag_ild@{K}": intra_list_diversity(top, tags) if tags is not None else 0.0,
+            }
+        )
+    return results
 
 
 def baseline_metrics(split: Split, exclude: ExcludePolicy) -> tuple[dict[str, Any], ItemKNNConfig]:
@@ -69,6 +125,9 @@ def evaluate(
     baselines, knn_config = baseline_metrics(split, train_config.exclude)
     runs: dict[str, list[dict[str, float]]] = {name: [m] for name, m in baselines.items()}
     training: dict[str, list[dict[str, Any]]] = {MODEL: [], NO_TEXT: []}
+    diversity: list[list[dict[str, float]]] = []
+    tags = tag_vectors(texts)
+    examples = split.examples("test", model_config.history_length, train_config.exclude)
     for seed in seeds:
         config = dataclasses.replace(train_config, seed=seed)
         for name, use_text in ((MODEL, True), (NO_TEXT, False)):
@@ -77,9 +136,19 @@ def evaluate(
                 texts,
                 dataclasses.replace(model_config, use_text=use_text),
                 config,
+                final_fit="test",
                 progress=progress,
             )
-            runs.setdefault(name, []).append(test_metrics(trained, split, train_config.exclude))
+            scores = test_scores(trained, split, examples)
+            top = top_k(scores, examples.excluded, K)
+            runs.setdefault(name, []).append(
+                ranking_metrics(top, examples.targets, split.num_items)
+            )
+            if name == MODEL:
+                vectors = trained.ranker.unit_item_vectors().numpy()
+                diversity.append(
+                    diversity_metrics(scores, examples, vectors, tags, model_config.max_k)
+                )
             training[name].append(
                 {
                     "seed": seed,
@@ -111,23 +180,46 @@ def evaluate(
         },
         "itemknn_config": dataclasses.asdict(knn_config),
         "results": summary,
+        "diversity": [
+            {
+                "weight": weight,
+                **{
+                    metric: {
+                        "mean": float(np.mean([run[i][metric] for run in diversity])),
+                        "std": float(np.std([run[i][metric] for run in diversity])),
+                    }
+                    for metric in DIVERSITY_METRICS
+                },
+            }
+            for i, weight in enumerate(DIVERSITY_WEIGHTS)
+        ],
         "training": training,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The results as a Markdown table (mean ± std over seeds)."""
-    head = "| method | " + " | ".join(m.upper().replace("@", "@") for m in METRICS) + " |"
-    lines = [head, "|---" * (len(METRICS) + 1) + "|"]
+    """The results as Markdown tables (mean ± std over seeds)."""
+    lines = ["| method | " + " | ".join(m.upper() for m in METRICS) + " |"]
+    lines.append("|---" * (len(METRICS) + 1) + "|")
     for name, metrics in report["results"].items():
         cells = [f"{metrics[m]['mean']:.4f} ± {metrics[m]['std']:.4f}" for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     protocol = report["protocol"]
-    lines.append("")
-    lines.append(
+    lines += [
+        "",
         f"{protocol['users']} users, {protocol['items']} items, {protocol['split']}, "
         f"{protocol['ranking']} ranking, exclude={protocol['exclude']}, "
-        f"seeds {protocol['seeds']} (baselines are deterministic)."
-    )
+        f"seeds {protocol['seeds']} (baselines are deterministic).",
+        "",
+        "Diversity re-ranking of the model's lists (`STREAMREC_DIVERSITY`, MMR over the "
+        "model's item vectors). ILD: mean cosine distance between the items of a list, on the "
+        "item vectors and on the items' tags (MovieLens genres).",
+        "",
+        "| weight | " + " | ".join(m.upper() for m in DIVERSITY_METRICS) + " |",
+        "|---" * (len(DIVERSITY_METRICS) + 1) + "|",
+    ]
+    for row in report["diversity"]:
+        cells = [f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in DIVERSITY_METRICS]
+        lines.append(f"| {row['weight']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
@@ -26,6 +27,7 @@ from model_export.text import TextEncoder, pretrained_dir
 from model_export.train import TrainedModel
 from stream.errors import ModelExportError
 from stream.manifest import (
+    ITEM_VECTORS,
     MANIFEST_FILE,
     QUERY_ENCODER,
     QUERY_INPUTS,
@@ -48,6 +50,7 @@ FILES = {
     RANKER_FP16: "ranker.fp16.onnx",
     QUERY_ENCODER: "query_encoder.onnx",
     TOKENIZER: "tokenizer.json",
+    ITEM_VECTORS: "item_vectors.npy",
 }
 #: Axes fixed at export (from the model config); every other named axis is dynamic.
 FIXED_AXES = frozenset({"history", "max_k", "query_dim"})
@@ -150,9 +153,10 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     ranker_path = export_ranker(ranker, out / FILES[RANKER])
+    np.save(out / FILES[ITEM_VECTORS], ranker.unit_item_vectors().numpy(), allow_pickle=False)
     fp16_path = export_fp16(ranker, out / FILES[RANKER_FP16])
     parity: dict[str, Any] = {"ranker": check_ranker(ranker, ranker_path, fp16_path)}
-    written = [RANKER, RANKER_FP16]
+    written = [RANKER, RANKER_FP16, ITEM_VECTORS]
     max_tokens = int(trained.report["train_config"]["text"]["max_tokens"])
     if trained.encoder is not None and trained.tokenizer is not None:
         tower = QueryTower(trained.encoder, ranker).eval()

@@ -9,16 +9,33 @@ import numpy as np
 from stream.manifest import PAD_INDEX
 
 
+def masked_scores(scores: np.ndarray, excluded: Sequence[np.ndarray]) -> np.ndarray:
+    """A float64 copy of ``scores`` with padding and each row's ``excluded`` items at -inf."""
+    masked = np.array(scores, dtype=np.float64, copy=True)
+    masked[:, PAD_INDEX] = -np.inf
+    for row, items in enumerate(excluded):
+        masked[row, items] = -np.inf
+    return masked
+
+
 def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Indices of the ``k`` best items per row, best first; padding and ``excluded`` masked.
 
     Ties are broken by the lower item index, so results do not depend on sort internals.
     """
-    masked = np.array(scores, dtype=np.float64, copy=True)
-    masked[:, PAD_INDEX] = -np.inf
-    for row, items in enumerate(excluded):
-        masked[row, items] = -np.inf
-    return np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return np.argsort(-masked_scores(scores, excluded), axis=1, kind="stable")[:, :k]
+
+
+def intra_list_diversity(top: np.ndarray, vectors: np.ndarray) -> float:
+    """Mean cosine distance between the items of a list, averaged over lists.
+
+    ``vectors`` are unit rows indexed like ``top`` (``1 - cosine`` of two identical
+    directions is 0; of orthogonal ones, 1).
+    """
+    unit = vectors[top]
+    similarity = unit @ unit.transpose(0, 2, 1)
+    pairs = ~np.eye(top.shape[1], dtype=bool)
+    return float((1.0 - similarity[:, pairs]).mean())
 
 
 def ranking_metrics(top: np.ndarray, targets: np.ndarray, num_items: int) -> dict[str, float]:

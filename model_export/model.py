@@ -126,6 +126,13 @@ class SequenceRanker(nn.Module):
             return self.item_emb.weight
         return self.item_emb.weight + self.text_proj(self.item_text)
 
+    @torch.no_grad()
+    def unit_item_vectors(self) -> torch.Tensor:
+        """Item vectors scaled to unit length, padding row zero (diversity re-ranking)."""
+        vectors = nn.functional.normalize(self.item_matrix().float(), dim=1)
+        vectors[0] = 0.0
+        return vectors
+
     def hidden(
         self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
     ) -> torch.Tensor:

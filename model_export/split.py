@@ -84,20 +84,16 @@ class Split:
         """Users that have validation and test targets."""
         return [s for s in self.sequences if s.test_pos >= 0]
 
-    def train_end(self, seq: UserSequence) -> int:
-        """Number of leading events of ``seq`` that training may see."""
-        return seq.valid_pos if seq.valid_pos >= 0 else len(seq.items)
+    @staticmethod
+    def train_end(seq: UserSequence, until: Horizon = "valid") -> int:
+        """Number of leading events of ``seq`` before the ``until`` target (``all``: every one)."""
+        if until == "all" or seq.test_pos < 0:
+            return len(seq.items)
+        return seq.test_pos if until == "test" else seq.valid_pos
 
     def train_interactions(self, until: Horizon = "valid") -> list[np.ndarray]:
         """Per user, the interactions before the ``until`` target (``all``: every one)."""
-        out = []
-        for seq in self.sequences:
-            if until == "all" or seq.test_pos < 0:
-                end = len(seq.items)
-            else:
-                end = seq.test_pos if until == "test" else seq.valid_pos
-            out.append(seq.clicked_before(end))
-        return out
+        return [seq.clicked_before(self.train_end(seq, until)) for seq in self.sequences]
 
     def examples(
         self, target: Target, history_length: int, exclude: ExcludePolicy = "seen"
@@ -122,11 +118,15 @@ class Split:
             histories.append(seq.clicked_before(pos))
         return EvalExamples(item_ids, event_types, query_ids, targets, excluded, histories)
 
-    def windows(self, history_length: int) -> TrainWindows:
-        """Training windows: every training event is a position with its next-click target."""
+    def windows(self, history_length: int, until: Horizon = "valid") -> TrainWindows:
+        """Training windows: each event before ``until`` is a position with its next-click target.
+
+        Targets stay inside that part: with ``until="valid"`` nothing predicts the validation
+        item; ``until="test"`` adds the validation transition (the final fit for the test).
+        """
         items, types, queries, targets, users = [], [], [], [], []
         for user, seq in enumerate(self.sequences):
-            end = self.train_end(seq)
+            end = self.train_end(seq, until)
             if end == 0:
                 continue
             next_click = _next_click_targets(seq.items[:end], seq.types[:end])

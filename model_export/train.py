@@ -9,6 +9,9 @@
    After each epoch the validation split is scored (full ranking, exclusion policy
    applied); training stops after ``patience`` epochs without a better NDCG@10 and keeps
    the best epoch.
+3. **Final fit** (optional): the ranker is trained again, same seed, for that many epochs on
+   everything before the test target (evaluation) or on the whole log (a model to serve),
+   so the newest transitions, held out for early stopping, are not lost.
 """
 
 from __future__ import annotations
@@ -67,6 +70,21 @@ class TrainedModel:
     encoder: TextEncoder | None
     tokenizer: Tokenizer | None
     report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Text:
+    """The fine-tuned encoder's vectors the ranker trains with (empty without text)."""
+
+    items: torch.Tensor  # [num_items, text_dim]
+    queries: torch.Tensor  # [len(split.queries), text_dim]
+    synthetic: torch.Tensor  # [num_items + 1, text_dim] synthetic query per item; row 0 zeros
+
+
+@dataclass(frozen=True)
+class _Fit:
+    windows: int
+    history: list[dict[str, float]]
 
 
 def seed_everything(seed: int) -> None:
@@ -136,9 +154,9 @@ def fit_cooc(
 ) -> np.ndarray | None:
     """Install the co-occurrence prior counted over interactions before ``until``.
 
-    Training uses ``valid`` (nothing it is validated on); the test evaluation refits on
-    ``test``, as the baselines do; an exported model for serving uses ``all``. Returns the
-    counts (``None`` for a ranker without the prior).
+    Early-stopped training uses ``valid`` (nothing it is validated on); the final fit for
+    the test evaluation uses ``test``, as the baselines do; a model to serve uses ``all``.
+    Returns the counts (``None`` for a ranker without the prior).
     """
     if not ranker.config.use_cooc:
         return None
@@ -153,16 +171,23 @@ def train(
     model_config: RankerConfig,
     config: TrainConfig,
     *,
+    final_fit: Horizon | None = None,
     progress: bool = True,
 ) -> TrainedModel:
-    """Train on ``split`` over a catalogue whose item ``i + 1`` has text ``texts[i]``."""
+    """Train on ``split`` over a catalogue whose item ``i + 1`` has text ``texts[i]``.
+
+    The ranker trains on events before each validation target and early-stops on the
+    validation NDCG@10. With ``final_fit`` (``test`` for the test evaluation, ``all`` for a
+    model to serve) it is then trained again from the same seed for the chosen number of
+    epochs on every event before that horizon, with the prior counted over the same events:
+    the epoch count is chosen on validation, the final model sees all the data it may.
+    """
     seed_everything(config.seed)
     started = time.perf_counter()
     report: dict[str, Any] = {"train_config": asdict(config), "model_config": asdict(model_config)}
     ranker = SequenceRanker(model_config)
     encoder = tokenizer = None
-    query_text = torch.zeros(0, 0)
-    synthetic_text = torch.zeros(0, 0)
+    text = _Text(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, 0))
     if model_config.use_text:
         encoder = TextEncoder.from_pretrained()
         tokenizer = text_tokenizer(config.text.max_tokens)
@@ -170,37 +195,84 @@ def train(
         report["text_finetune"] = finetune(
             encoder, tokenizer, pairs, config.text, seed=config.seed, progress=progress
         )
-        ranker.set_item_text(torch.from_numpy(embed(encoder, tokenizer, texts)))
-        query_text = torch.from_numpy(embed(encoder, tokenizer, split.queries))
+        item_text = embed(encoder, tokenizer, texts)
         synthetic = embed(encoder, tokenizer, [synthetic_query(t) for t in texts])
-        synthetic_text = torch.from_numpy(np.concatenate([np.zeros_like(synthetic[:1]), synthetic]))
+        text = _Text(
+            items=torch.from_numpy(item_text),
+            queries=torch.from_numpy(embed(encoder, tokenizer, split.queries)),
+            synthetic=torch.from_numpy(np.concatenate([np.zeros_like(synthetic[:1]), synthetic])),
+        )
+        ranker.set_item_text(text.items)
     report["text_seconds"] = round(time.perf_counter() - started, 1)
-    counts = fit_cooc(ranker, split, "valid", config.cooc)
-    folds = _cooc_folds(split, counts, config) if counts is not None else []
-    windows = split.windows(model_config.history_length)
+    valid = split.examples("valid", model_config.history_length, config.exclude)
+    fit = _fit(ranker, split, "valid", text, config, config.epochs, valid, progress)
+    best = max(fit.history, key=lambda h: (h["ndcg@10"], -h["epoch"]))
+    best_epoch = int(best["epoch"])
+    report.update(
+        train_windows=fit.windows,
+        valid_users=len(valid.targets),
+        history=fit.history,
+        best_epoch=best_epoch,
+        valid=best,
+    )
+    if final_fit is not None:
+        seed_everything(config.seed)
+        ranker = SequenceRanker(model_config)
+        if model_config.use_text:
+            ranker.set_item_text(text.items)
+        refit = _fit(ranker, split, final_fit, text, config, best_epoch, None, progress)
+        report["final_fit"] = {
+            "until": final_fit,
+            "epochs": best_epoch,
+            "windows": refit.windows,
+            "history": refit.history,
+        }
+    ranker.eval()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return TrainedModel(ranker, encoder, tokenizer, report)
+
+
+def _fit(
+    ranker: SequenceRanker,
+    split: Split,
+    until: Horizon,
+    text: _Text,
+    config: TrainConfig,
+    epochs: int,
+    valid: EvalExamples | None,
+    progress: bool,
+) -> _Fit:
+    """Train ``ranker`` for up to ``epochs`` epochs on the events before ``until``.
+
+    Installs the prior counted over those events. With ``valid`` examples, scores them after
+    every epoch, stops after ``patience`` epochs without a better NDCG@10 and restores the
+    best epoch's weights.
+    """
+    counts = fit_cooc(ranker, split, until, config.cooc)
+    folds = _cooc_folds(split, until, counts, config) if counts is not None else []
+    windows = split.windows(ranker.config.history_length, until)
     count = len(windows.targets)
     if config.max_windows:
         count = min(count, config.max_windows)
-    valid = split.examples("valid", model_config.history_length, config.exclude)
+    windows = _subset(windows, np.random.permutation(len(windows.targets))[:count])
     optimiser = torch.optim.AdamW(
         ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
-    generator = torch.Generator().manual_seed(config.seed)
-    windows = _subset(windows, np.random.permutation(len(windows.targets))[:count])
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         ranker.train()
         batches = _fold_batches(windows.users, len(folds), config.batch_size)
         total = 0.0
-        bar = tqdm(batches, desc=f"ranker epoch {epoch}", disable=not progress)
+        bar = tqdm(batches, desc=f"ranker epoch {epoch} (until {until})", disable=not progress)
         for fold, rows in bar:
             item_ids = torch.from_numpy(windows.item_ids[rows])
             event_types = torch.from_numpy(windows.event_types[rows])
-            queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), query_text)
-            if model_config.use_text and config.search_rate > 0:
+            queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), text.queries)
+            if ranker.config.use_text and config.search_rate > 0:
                 item_ids, event_types, queries = _as_searches(
-                    ranker, item_ids, event_types, queries, synthetic_text, config, generator
+                    ranker, item_ids, event_types, queries, text.synthetic, config, generator
                 )
             targets = torch.from_numpy(windows.targets[rows])
             keep = targets > 0
@@ -212,39 +284,34 @@ def train(
             optimiser.step()
             total += loss.item() * len(rows)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        scores = evaluate_ranker(ranker, valid, query_text)
-        history.append({"epoch": epoch, "loss": round(total / max(count, 1), 4), **scores})
+        entry = {"epoch": epoch, "loss": round(total / max(count, 1), 4)}
+        history.append(entry)
+        if valid is None:
+            continue
+        entry.update(evaluate_ranker(ranker, valid, text.queries))
         if progress:
-            print(
-                f"epoch {epoch}: valid hr@10 {scores['hr@10']:.4f} ndcg@10 {scores['ndcg@10']:.4f}"
-            )
-        if scores["ndcg@10"] > best[0]:
-            best = (scores["ndcg@10"], epoch, copy.deepcopy(ranker.state_dict()))
+            print(f"epoch {epoch}: valid hr@10 {entry['hr@10']:.4f} ndcg@10 {entry['ndcg@10']:.4f}")
+        if entry["ndcg@10"] > best[0]:
+            best = (entry["ndcg@10"], epoch, copy.deepcopy(ranker.state_dict()))
         elif epoch - best[1] >= config.patience:
             break
-    ranker.load_state_dict(best[2])
-    ranker.eval()
-    report.update(
-        train_windows=count,
-        valid_users=len(valid.targets),
-        seconds=round(time.perf_counter() - started, 1),
-        history=history,
-        best_epoch=best[1],
-        valid=next(h for h in history if h["epoch"] == best[1]),
-    )
-    return TrainedModel(ranker, encoder, tokenizer, report)
+    if valid is not None:
+        ranker.load_state_dict(best[2])
+    return _Fit(count, history)
 
 
-def _cooc_folds(split: Split, total: np.ndarray, config: TrainConfig) -> list[torch.Tensor]:
+def _cooc_folds(
+    split: Split, until: Horizon, total: np.ndarray, config: TrainConfig
+) -> list[torch.Tensor]:
     """Out-of-fold priors: fold ``f`` counts every user except those with index ``% F == f``.
 
-    ``total`` is the prior's count over the whole training split. It contains each training
+    ``total`` is the prior's count over the events before ``until``. It contains each training
     target's own transition, which the model would learn to trust; at validation and
     serving time it cannot.
     """
     if config.cooc_folds < 2:
         return []
-    interactions = split.train_interactions("valid")
+    interactions = split.train_interactions(until)
     priors = []
     for fold in range(config.cooc_folds):
         own = cooccurrence(interactions[fold :: config.cooc_folds], split.num_items, config.cooc)

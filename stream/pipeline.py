@@ -52,15 +52,7 @@ class ScoringPipeline(Service):
     async def on_start(self) -> None:
         """Load the model off the event loop, then start batching."""
         s = self.settings
-        load = functools.partial(
-            Scorer,
-            s.model_dir,
-            provider=s.provider,
-            intra_op_threads=s.intra_op_threads,
-            top_k=s.top_k,
-            exclude=s.exclude,
-            query_cache_size=s.query_cache_size,
-        )
+        load = functools.partial(Scorer.from_settings, s)
         self.scorer = await asyncio.get_running_loop().run_in_executor(None, load)
         self.batcher = Batcher(
             self.scorer.score,

@@ -15,9 +15,11 @@ import numpy as np
 import onnxruntime as ort
 
 from stream.context import UserContext
+from stream.diversity import load_item_vectors, rerank
 from stream.errors import ModelLoadError
 from stream.manifest import (
     EVENT_TYPE_IDS,
+    ITEM_VECTORS,
     PAD_INDEX,
     QUERY_ENCODER,
     RANKER,
@@ -27,6 +29,7 @@ from stream.manifest import (
     load_manifest,
 )
 from stream.queries import QueryEncoder, load_tokenizer
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class Scorer:
         top_k: int = 20,
         exclude: str = "purchased",
         query_cache_size: int = 10_000,
+        diversity: float = 0.0,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(model_dir)
         if top_k > self.manifest.max_k:
@@ -86,6 +90,12 @@ class Scorer:
             raise ModelLoadError(msg)
         self.top_k = top_k
         self.exclude = exclude
+        self.diversity = diversity
+        self.item_vectors: np.ndarray | None = None
+        if diversity > 0:
+            self.item_vectors = load_item_vectors(
+                self._file(model_dir, ITEM_VECTORS), len(self.manifest.items)
+            )
         self._index = {item: i + 1 for i, item in enumerate(self.manifest.items)}
         self._item_ids = ("",) + self.manifest.items
         self._history = self.manifest.history_length
@@ -118,10 +128,25 @@ class Scorer:
             "yes" if self.queries is not None else "no",
         )
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scorer:
+        """The scorer a worker (or a replay) configured by ``settings`` uses."""
+        return cls(
+            settings.model_dir,
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
+            top_k=settings.top_k,
+            exclude=settings.exclude,
+            query_cache_size=settings.query_cache_size,
+            diversity=settings.diversity,
+        )
+
     def _file(self, model_dir: str | Path, role: str) -> Path:
         path = self.manifest.path(model_dir, role)
         if path is None:
             msg = f"model directory {model_dir} has no {role} file; re-export it"
+            if role == ITEM_VECTORS:
+                msg += " with this model_export, or set STREAMREC_DIVERSITY=0"
             raise ModelLoadError(msg)
         return path
 
@@ -201,4 +226,10 @@ class Scorer:
         """Rank items for each context (blocking; call from an executor in async code)."""
         if not contexts:
             return []
-        return self.decode(*self.run(self.encode(contexts)))
+        scores, indices = self.run(self.encode(contexts))
+        if self.item_vectors is not None:
+            valid = (scores > MASKED_SCORE) & (indices != PAD_INDEX)
+            scores, indices = rerank(
+                scores, indices, valid, self.item_vectors, self.top_k, self.diversity
+            )
+        return self.decode(scores, indices)

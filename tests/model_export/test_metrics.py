@@ -5,7 +5,7 @@ import pytest
 
 from model_export.baselines import ItemKNNConfig, itemknn_scores
 from model_export.cooccurrence import CoocConfig, cooccurrence
-from model_export.metrics import ranking_metrics, top_k
+from model_export.metrics import intra_list_diversity, ranking_metrics, top_k
 
 
 def test_top_k_masks_padding_and_excluded_and_breaks_ties_by_index():
@@ -22,6 +22,15 @@ def test_metrics_by_hand():
     assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(3)) / 4)
     assert m["mrr@3"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 4)
     assert m["coverage@3"] == pytest.approx(9 / 20)
+
+
+def test_intra_list_diversity_by_hand():
+    vectors = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # list 1: two identical items (distance 0); list 2: orthogonal items (distance 1)
+    assert intra_list_diversity(np.array([[1, 2]]), vectors) == pytest.approx(0.0)
+    assert intra_list_diversity(np.array([[1, 3]]), vectors) == pytest.approx(1.0)
+    # three items: pairs (1,2)=0, (1,3)=1, (2,3)=1
+    assert intra_list_diversity(np.array([[1, 2, 3]]), vectors) == pytest.approx(2 / 3)
 
 
 def test_cooccurrence_counts_by_hand():

@@ -50,3 +50,12 @@ def test_training_windows_never_target_the_validation_item():
     assert windows.item_ids.tolist() == [[1, 2, 3]]
     assert windows.targets.tolist() == [[2, 3, 0]]
     assert np.all(windows.targets != 4)
+
+
+def test_final_fit_windows_add_the_validation_transition_but_never_the_test_item():
+    events = [ev(i, "u", "click", i, item) for i, item in enumerate("abcde")]
+    windows = build_split(events, ITEMS).windows(history_length=3, until="test")
+    # a b c d before the test target e: windows of 3 from the newest end, left-padded
+    assert windows.item_ids.tolist() == [[2, 3, 4], [0, 0, 1]]
+    assert windows.targets.tolist() == [[3, 4, 0], [0, 0, 2]]
+    assert np.all(windows.targets != 5)

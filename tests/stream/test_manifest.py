@@ -31,7 +31,13 @@ def test_a_written_directory_loads(tiny_model_dir):
         "query_vecs",
         "exclude_ids",
     ]
-    assert set(manifest.files) == {"ranker", "ranker_fp16", "query_encoder", "tokenizer"}
+    assert set(manifest.files) == {
+        "ranker",
+        "ranker_fp16",
+        "query_encoder",
+        "tokenizer",
+        "item_vectors",
+    }
     assert manifest.versions["torch"].startswith("2.13")
 
 
@@ -41,7 +47,8 @@ def test_missing_directory_says_how_to_build_one(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["ranker.onnx", "ranker.fp16.onnx", "query_encoder.onnx", "tokenizer.json"]
+    "name",
+    ["ranker.onnx", "ranker.fp16.onnx", "query_encoder.onnx", "tokenizer.json", "item_vectors.npy"],
 )
 def test_truncated_file_is_refused_naming_the_file(model_copy, name):
     path = model_copy / name

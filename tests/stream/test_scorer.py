@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from stream.context import apply_event
@@ -97,6 +98,42 @@ def test_search_events_change_the_list_and_repeated_queries_hit_the_cache(scorer
     assert scorer.queries.hits == hits + 1
     inputs = scorer.encode([searched])
     assert inputs["query_vecs"][0, -1].any() and not inputs["query_vecs"][0, :-1].any()
+
+
+def test_diversity_reorders_the_same_candidates_into_a_more_varied_list(tiny_model_dir, scorer):
+    from model_export.metrics import intra_list_diversity
+
+    diverse = Scorer(tiny_model_dir, provider="cpu", top_k=20, diversity=0.7)
+    assert diverse.item_vectors is not None
+    contexts = [context_of(click(1, "50"), click(2, "172")), context_of(click(3, "1"))]
+    plain, varied = scorer.score(contexts), diverse.score(contexts)
+    index = {item: i + 1 for i, item in enumerate(scorer.manifest.items)}
+    for before, after in zip(plain, varied, strict=True):
+        assert len(after) == 20 and after[0] == before[0]  # the best item still leads
+        assert {i for i, _ in after} != {i for i, _ in before}
+        rows = [np.array([[index[i] for i, _ in ranked]]) for ranked in (before, after)]
+        assert intra_list_diversity(rows[1], diverse.item_vectors) > intra_list_diversity(
+            rows[0], diverse.item_vectors
+        )
+    bought = context_of(click(1, "50"), click(2, varied[0][1][0], "purchase"))
+    assert varied[0][1][0] not in [i for i, _ in diverse.score([bought])[0]]
+
+
+def test_diversity_without_item_vectors_says_what_to_do(tiny_model_dir, tmp_path):
+    import shutil
+
+    import orjson
+
+    from stream.manifest import MANIFEST_FILE
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    body = orjson.loads((model / MANIFEST_FILE).read_bytes())
+    del body["files"]["item_vectors"]
+    (model / MANIFEST_FILE).write_bytes(orjson.dumps(body))
+    assert Scorer(model, provider="cpu").item_vectors is None  # off: not needed
+    with pytest.raises(ModelLoadError, match="STREAMREC_DIVERSITY=0"):
+        Scorer(model, provider="cpu", diversity=0.3)
 
 
 def test_the_fp32_ranker_serves_on_cpu(scorer):

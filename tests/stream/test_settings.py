@@ -34,6 +34,7 @@ def test_values_are_parsed_and_typed():
         ({"STREAMREC_BROKER": "localhost:9092"}, "kafka://host:port"),
         ({"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL"}, "STREAMREC_SASL_USERNAME"),
         ({"STREAMREC_WEB_ENABLED": "maybe"}, "not a valid bool"),
+        ({"STREAMREC_DIVERSITY": "1.5"}, "STREAMREC_DIVERSITY must be between 0 and 1"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

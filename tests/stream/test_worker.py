@@ -254,6 +254,4 @@ def test_worker_refuses_a_model_directory_it_cannot_serve(damage, tiny_model_dir
     )
     assert result.returncode != 0
     assert "cannot start the worker" in result.stderr
-    assert ("make model" if damage == "missing" else "ranker.onnx has sha256") in (
-        result.stderr
-    )
+    assert ("make model" if damage == "missing" else "ranker.onnx has sha256") in (result.stderr)
