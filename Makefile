@@ -7,10 +7,10 @@ DATA_STAMP := .cache/datasets/.fetched
 MODEL_DIR ?= models/current
 PYTEST_ARGS ?=
 
-.PHONY: install data model evaluate demo test lint clean
+.PHONY: install data model evaluate replay demo test lint clean
 
 # MovieLens lists exclude everything the user has seen (worker, replay and evaluation alike).
-model evaluate demo: export STREAMREC_EXCLUDE ?= seen
+model evaluate replay demo: export STREAMREC_EXCLUDE ?= seen
 
 # Reinstall only when the dependency list changes; a second run is a no-op.
 $(STAMP): pyproject.toml
@@ -35,6 +35,10 @@ model: $(DATA_STAMP)
 # Model, ablation and baselines on the test split over three seeds (about 10 minutes).
 evaluate: $(DATA_STAMP)
 	$(BIN)/python -m model_export evaluate --report reports/evaluation.md
+
+# Backtest $(MODEL_DIR) on all of MovieLens-100k through the worker's scoring path.
+replay: $(DATA_STAMP)
+	$(BIN)/python -m stream replay --model $(MODEL_DIR) --out reports/replay
 
 demo: $(DATA_STAMP)
 	$(BIN)/python -m stream demo

@@ -17,6 +17,7 @@ import orjson
 
 from model_export import data
 from stream.errors import DataError, StreamrecError
+from stream.manifest import load_manifest
 from stream.settings import Settings
 
 CHECKPOINT_DIR = ".cache/checkpoints/current"
@@ -118,9 +119,21 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from model_export.evaluate import evaluate, markdown_table
+    from model_export.evaluate import evaluate, evaluate_model_dir, markdown_table
     from model_export.split import build_split
 
+    if args.model_dir:
+        # an exported model, scored by ONNX Runtime: what replay --final-only must reproduce
+        events = data.read_events(args.events).events if args.events else None
+        if events is None:
+            events = data.movielens_events(args.datasets_dir)
+        items = load_manifest(args.model_dir).items
+        split = build_split(events, items)
+        metrics = evaluate_model_dir(split, args.model_dir, args.exclude)
+        print(
+            orjson.dumps({"model_dir": args.model_dir, "exclude": args.exclude, **metrics}).decode()
+        )
+        return
     events, catalogue, source = _inputs(args)
     model_config, train_config = _configs(args, len(catalogue))
     split = build_split(events, [i.item_id for i in catalogue])
@@ -189,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "evaluate":
             sub.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
             sub.add_argument("--report", help="also write the Markdown table to this file")
+            sub.add_argument(
+                "--model-dir",
+                help="score this exported model directory (ONNX) instead of training",
+            )
     export = commands.add_parser("export", help="export a checkpoint into a model directory")
     export.add_argument("--checkpoint", default=CHECKPOINT_DIR)
     export.add_argument("--out", default=defaults.model_dir, help="[env: STREAMREC_MODEL_DIR]")

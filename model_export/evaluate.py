@@ -3,8 +3,8 @@
 Protocol (README, "Evaluation"): leave-one-out in time order (:mod:`model_export.split`),
 full ranking over every catalogue item, the user's earlier items excluded under the shared
 exclusion policy (``seen`` for MovieLens). Metrics at K=10: HR, NDCG, MRR and catalogue
-coverage. Every method is scored by :func:`model_export.metrics.top_k` and
-:func:`model_export.metrics.ranking_metrics` on the same examples.
+coverage. Every method is scored by :func:`stream.ranking.top_k` and
+:func:`stream.ranking.ranking_metrics` on the same examples.
 
 Diversity: the model's lists are also re-ranked by :func:`stream.diversity.rerank` (the
 worker's code) at several weights, reporting HR/NDCG@10 with intra-list diversity measured
@@ -23,12 +23,14 @@ import numpy as np
 import torch
 
 from model_export.baselines import ItemKNNConfig, itemknn, most_popular, tune_itemknn
-from model_export.metrics import intra_list_diversity, masked_scores, ranking_metrics, top_k
 from model_export.model import RankerConfig
 from model_export.split import EvalExamples, ExcludePolicy, Split
 from model_export.text import embed
 from model_export.train import QUERY_SEPARATOR, TrainConfig, TrainedModel, predict, train
 from stream.diversity import rerank, unit_rows
+from stream.manifest import PAD_INDEX
+from stream.ranking import intra_list_diversity, masked_scores, ranking_metrics, top_k
+from stream.scorer import Scorer
 
 K = 10
 METRICS = (f"hr@{K}", f"ndcg@{K}", f"mrr@{K}", f"coverage@{K}")
@@ -45,6 +47,50 @@ def test_scores(trained: TrainedModel, split: Split, examples: EvalExamples) -> 
     if trained.encoder is not None and trained.tokenizer is not None and split.queries:
         query_text = torch.from_numpy(embed(trained.encoder, trained.tokenizer, split.queries))
     return predict(trained.ranker, examples, query_text)
+
+
+def evaluate_model_dir(
+    split: Split, model_dir: str, exclude: ExcludePolicy, batch: int = 256
+) -> dict[str, float]:
+    """Test metrics of an exported model directory, scored by ONNX Runtime.
+
+    The split must be built over the model's own vocabulary (``manifest.items``). Inputs
+    come from the split's arrays, not from worker contexts, and go through the worker's
+    :class:`~stream.scorer.Scorer` session and list decoding; ``python -m stream replay
+    --final-only`` must give the same figures (a test holds them to 1e-6).
+    """
+    scorer = Scorer(model_dir, provider="cpu", top_k=K, exclude=exclude)
+    manifest = scorer.manifest
+    examples = split.examples("test", manifest.history_length, exclude)
+    vectors = (
+        scorer.queries.encode(list(split.queries))
+        if scorer.queries is not None and split.queries
+        else {}
+    )
+    top = np.zeros((len(examples.targets), K), dtype=np.int64)
+    for start in range(0, len(examples.targets), batch):
+        rows = slice(start, start + batch)
+        query_ids = examples.query_ids[rows]
+        query_vecs = np.zeros((*query_ids.shape, manifest.query_dim), dtype=np.float32)
+        for r, c in zip(*np.nonzero(query_ids >= 0), strict=True):
+            query_vecs[r, c] = vectors[split.queries[query_ids[r, c]]]
+        excluded = examples.excluded[rows]
+        exclude_ids = np.full((len(excluded), max(1, *map(len, excluded))), PAD_INDEX)
+        for r, items in enumerate(excluded):
+            exclude_ids[r, : len(items)] = items
+        lists = scorer.decode(
+            *scorer.run(
+                {
+                    "item_ids": examples.item_ids[rows],
+                    "event_types": examples.event_types[rows],
+                    "query_vecs": query_vecs,
+                    "exclude_ids": exclude_ids.astype(np.int64),
+                }
+            )
+        )
+        for r, ranked in enumerate(lists, start=start):
+            top[r, : len(ranked)] = [scorer.item_index(item) for item, _ in ranked]
+    return ranking_metrics(top, examples.targets, split.num_items)
 
 
 def tag_vectors(texts: Sequence[str]) -> np.ndarray | None:

@@ -28,7 +28,9 @@ Target = Literal["valid", "test"]
 #: up to the test target, or everything (serving).
 Horizon = Literal["valid", "test", "all"]
 #: Which items are removed from a list: ``purchased`` only, or everything ``seen``. The worker
-#: (``STREAMREC_EXCLUDE``), replay and evaluation share this policy.
+#: (``STREAMREC_EXCLUDE``), replay and evaluation share this policy. Evaluation excludes every
+#: earlier item; the worker remembers the last ``STREAMREC_MAX_SEEN`` (1000) distinct ones,
+#: which is the same set for any user below that (every MovieLens user).
 ExcludePolicy = Literal["purchased", "seen"]
 
 

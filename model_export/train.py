@@ -29,11 +29,11 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model_export.cooccurrence import CoocConfig, cooccurrence
-from model_export.metrics import ranking_metrics, top_k
 from model_export.model import CLICK, RankerConfig, SequenceRanker
 from model_export.split import EvalExamples, ExcludePolicy, Horizon, Split, TrainWindows
 from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
 from stream.manifest import EVENT_TYPE_IDS
+from stream.ranking import ranking_metrics, top_k
 
 SEARCH = EVENT_TYPE_IDS["search"]
 QUERY_SEPARATOR = " | "

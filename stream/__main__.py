@@ -1,7 +1,7 @@
-"""``python -m stream``: ``worker`` and Faust's commands, plus ``broker``, ``demo``, ``settings``.
+"""``python -m stream``: ``worker`` and Faust's commands, plus streamrec's own tools.
 
-``broker``, ``demo`` and ``settings`` run without building the Faust app; anything else is
-handed to Faust's command line (``python -m stream worker -l info``).
+``broker``, ``demo``, ``replay`` and ``settings`` run without building the Faust app; anything
+else is handed to Faust's command line (``python -m stream worker -l info``).
 """
 
 from __future__ import annotations
@@ -58,10 +58,18 @@ def demo_main(argv: Sequence[str]) -> int:
     return run_demo(argv)
 
 
+def replay_main(argv: Sequence[str]) -> int:
+    """Backtest a model over an event log (see :mod:`stream.replay`)."""
+    from stream.replay import main as run_replay
+
+    return run_replay(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "broker": broker_main,
     "settings": settings_main,
     "demo": demo_main,
+    "replay": replay_main,
 }
 
 

@@ -19,7 +19,7 @@ from faust.types.tuples import Message
 from faust.web import Request, Response, View
 
 from stream.app import app, settings
-from stream.context import UserContext, apply_event
+from stream.context import ContextLimits, UserContext, update_context
 from stream.errors import ConfigError, InvalidEvent, ModelLoadError
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 metrics = Metrics()
 limits = Limits(settings.max_event_bytes, settings.max_id_chars, settings.max_query_chars)
+context_limits = ContextLimits.from_settings(settings)
 
 
 def _topic(name: str) -> TopicT:
@@ -110,15 +111,8 @@ async def _handle(manual: StreamT, event: EventT) -> None:
         await _dead_letter(message, exc.reason, exc.detail)
         await manual.ack(event)
         return
-    context, changed = apply_event(
-        UserContext.from_bytes(contexts.get(ev.user_id)),
-        ev,
-        max_events=settings.context_events,
-        max_purchased=settings.max_purchased,
-    )
-    if changed:
-        contexts[ev.user_id] = context.to_bytes()
-    else:
+    context, changed = update_context(contexts, ev, context_limits)
+    if not changed:
         metrics.inc("events_duplicate")
     metrics.inc(f"events_type.{ev.type}")
     await pipeline.submit(ev.user_id, context, ev, functools.partial(manual.ack, event))

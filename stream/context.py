@@ -1,21 +1,25 @@
-"""Per-user context: the recent events and purchased items the scorer reads.
+"""Per-user context: the recent events, purchased and seen items the scorer reads.
 
 A :class:`UserContext` is immutable, so a snapshot handed to a scoring batch never changes
 under it. :func:`apply_event` is idempotent on ``event_id`` within the window, so an event
 redelivered after a crash (at-least-once) does not enter the context twice.
+:func:`update_context` is the one place a stored context is read, updated and written back:
+the worker passes its Faust table, the replay tool a dict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
 from stream.records import Event
+from stream.settings import Settings
 
-CONTEXT_VERSION = 1
+#: 2 added ``seen``; a version-1 context reads with ``seen`` taken from its events.
+CONTEXT_VERSION = 2
 
 
 class ContextEvent(NamedTuple):
@@ -30,16 +34,22 @@ class ContextEvent(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class UserContext:
-    """A user's most recent events (oldest first) and purchased items (oldest first)."""
+    """A user's most recent events, purchased items and seen items (each oldest first).
+
+    ``seen`` (kept only under ``STREAMREC_EXCLUDE=seen``) remembers items beyond the event
+    window, so a list never repeats an item the user met long ago.
+    """
 
     events: tuple[ContextEvent, ...] = ()
     purchased: tuple[str, ...] = ()
+    seen: tuple[str, ...] = ()
 
     def excluded_items(self, policy: str) -> list[str]:
         """Items that must not be recommended under ``policy`` (``purchased`` or ``seen``)."""
         if policy == "purchased":
             return list(self.purchased)
-        seen = dict.fromkeys(e.item_id for e in self.events if e.item_id is not None)
+        seen = dict.fromkeys(self.seen)
+        seen.update(dict.fromkeys(e.item_id for e in self.events if e.item_id is not None))
         seen.update(dict.fromkeys(self.purchased))
         return list(seen)
 
@@ -49,15 +59,17 @@ class UserContext:
             "v": CONTEXT_VERSION,
             "events": [list(e) for e in self.events],
             "purchased": list(self.purchased),
+            "seen": list(self.seen),
         }
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> UserContext:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            events=tuple(ContextEvent(*e) for e in body.get("events", ())),
-            purchased=tuple(body.get("purchased", ())),
-        )
+        """Inverse of :meth:`to_dict` (reads version 1 too)."""
+        events = tuple(ContextEvent(*e) for e in body.get("events", ()))
+        seen = body.get("seen")
+        if seen is None:  # version 1
+            seen = dict.fromkeys(e.item_id for e in events if e.item_id is not None)
+        return cls(events=events, purchased=tuple(body.get("purchased", ())), seen=tuple(seen))
 
     def to_bytes(self) -> bytes:
         """The table's value encoding (orjson of :meth:`to_dict`)."""
@@ -69,8 +81,31 @@ class UserContext:
         return None if raw is None else cls.from_dict(orjson.loads(raw))
 
 
+@dataclass(frozen=True, slots=True)
+class ContextLimits:
+    """How much of a user's past a context keeps (from the settings)."""
+
+    max_events: int = 50
+    max_purchased: int = 500
+    max_seen: int = 0  # 0: no seen items beyond the event window
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ContextLimits:
+        """The worker's limits; seen items are kept only when the exclusion policy needs them."""
+        return cls(
+            settings.context_events,
+            settings.max_purchased,
+            settings.max_seen if settings.exclude == "seen" else 0,
+        )
+
+
 def apply_event(
-    context: UserContext | None, event: Event, *, max_events: int, max_purchased: int
+    context: UserContext | None,
+    event: Event,
+    *,
+    max_events: int,
+    max_purchased: int,
+    max_seen: int = 0,
 ) -> tuple[UserContext, bool]:
     """Return the context after ``event`` and whether it changed.
 
@@ -81,13 +116,35 @@ def apply_event(
         return context, False
     remembered = ContextEvent(event.event_id, event.type, event.item_id, event.query, event.ts)
     events = (*context.events[-(max_events - 1) :], remembered) if max_events > 1 else (remembered,)
-    purchased = context.purchased
-    if event.type == "purchase" and event.item_id is not None:
-        purchased = _append_unique(purchased, event.item_id, max_purchased)
-    return UserContext(events=events, purchased=purchased), True
+    purchased, seen = context.purchased, context.seen
+    if event.item_id is not None:
+        if event.type == "purchase":
+            purchased = _append_unique(purchased, event.item_id, max_purchased)
+        if max_seen > 0:
+            seen = _append_unique(seen, event.item_id, max_seen)
+    return UserContext(events=events, purchased=purchased, seen=seen), True
 
 
-def _append_unique(items: Iterable[str], item: str, limit: int) -> tuple[str, ...]:
-    kept = [i for i in items if i != item]
-    kept.append(item)
-    return tuple(kept[-limit:])
+def update_context(
+    store: MutableMapping[str, bytes], event: Event, limits: ContextLimits
+) -> tuple[UserContext, bool]:
+    """Apply ``event`` to its user's stored context; writes back only if it changed."""
+    context, changed = apply_event(
+        UserContext.from_bytes(store.get(event.user_id)),
+        event,
+        max_events=limits.max_events,
+        max_purchased=limits.max_purchased,
+        max_seen=limits.max_seen,
+    )
+    if changed:
+        store[event.user_id] = context.to_bytes()
+    return context, changed
+
+
+def _append_unique(items: tuple[str, ...], item: str, limit: int) -> tuple[str, ...]:
+    """``items`` with ``item`` moved (or added) last, at most ``limit`` long."""
+    if items and items[-1] == item:
+        return items
+    if item in items:
+        items = tuple(i for i in items if i != item)
+    return (*items[-(limit - 1) :], item) if limit > 1 else (item,)

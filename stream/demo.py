@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
-import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream.broker import EmbeddedBroker, free_port
-from stream.errors import ModelLoadError, StreamrecError
+from stream.broker import EmbeddedBroker
+from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
 from stream.records import Event, Recommendation
 from stream.settings import Settings
 from stream.topics import ensure_topics, streamrec_topics
+from stream.worker_process import WorkerProcess
 
 
 @dataclass
@@ -50,25 +47,6 @@ class Tally:
             return float("nan")
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-def wait_until_ready(
-    web_port: int, worker: subprocess.Popen[bytes], timeout: float = 90.0
-) -> float:
-    """Poll the worker's ``/stats/`` until it consumes; returns the seconds waited."""
-    started = time.monotonic()
-    url = f"http://127.0.0.1:{web_port}/stats/"
-    while time.monotonic() - started < timeout:
-        if worker.poll() is not None:
-            msg = f"the worker exited with code {worker.returncode}; see .cache/demo/worker.log"
-            raise StreamrecError(msg)
-        with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                if orjson.loads(response.read()).get("ready"):
-                    return time.monotonic() - started
-        time.sleep(0.25)
-    msg = f"the worker was not consuming after {timeout:.0f} s"
-    raise StreamrecError(msg)
 
 
 def ensure_model(settings: Settings) -> None:
@@ -212,7 +190,6 @@ def main(argv: Sequence[str]) -> int:
     events = movielens_events(settings.datasets_dir)[: args.events]
     logs = Path(".cache/demo")
     logs.mkdir(parents=True, exist_ok=True)
-    worker: subprocess.Popen[bytes] | None = None
     with (
         (logs / "broker.log").open("wb") as broker_log,
         EmbeddedBroker(log_file=broker_log, binary=settings.tansu_bin) as broker,
@@ -223,38 +200,23 @@ def main(argv: Sequence[str]) -> int:
                 broker.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
             )
         )
-        web_port = free_port()
         env = {
-            **os.environ,
             "STREAMREC_BROKER": broker.url,
-            "STREAMREC_WEB_PORT": str(web_port),
             "STREAMREC_DATA_DIR": str(logs / "worker-data"),
         }
         try:
-            with (logs / "worker.log").open("wb") as worker_log:
-                worker = subprocess.Popen(
-                    [sys.executable, "-m", "stream", "worker", "-l", "info"],
-                    env=env,
-                    stdout=worker_log,
-                    stderr=subprocess.STDOUT,
+            with WorkerProcess(env, logs / "worker.log") as worker:
+                assert worker.process is not None
+                print(f"worker pid {worker.process.pid} started (log: {worker.log_path})")
+                waited = worker.wait_ready()
+                print(
+                    f"worker consuming after {waited:.1f} s; replaying MovieLens at "
+                    f"{args.rate:.0f} events/s for up to {args.duration:.0f} s"
                 )
-            print(f"worker pid {worker.pid} started (log: {logs / 'worker.log'})")
-            waited = wait_until_ready(web_port, worker)
-            print(
-                f"worker consuming after {waited:.1f} s; replaying MovieLens at "
-                f"{args.rate:.0f} events/s for up to {args.duration:.0f} s"
-            )
-            tally = asyncio.run(run(args, settings, broker, events))
+                tally = asyncio.run(run(args, settings, broker, events))
         except KeyboardInterrupt:
             print("\ninterrupted")
             return 130
-        finally:
-            if worker is not None:
-                worker.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    worker.wait(30)
-                if worker.poll() is None:
-                    worker.kill()
     show_samples(tally, events, titles)
     elapsed = time.monotonic() - tally.started
     print(

@@ -84,12 +84,18 @@ class Settings:
     )
     exclude: str = _setting(
         "purchased",
-        "Items kept out of a user's list: those purchased, or every item seen in the context.",
+        "Items kept out of a user's list: those purchased, or every item the user met "
+        "(the event window and `STREAMREC_MAX_SEEN` items).",
         choices=("purchased", "seen"),
     )
     # Context and batching
     context_events: int = _setting(50, "Most recent events kept per user (N).")
     max_purchased: int = _setting(500, "Most recent purchased items remembered per user.")
+    max_seen: int = _setting(
+        1000,
+        "Most recent distinct items remembered per user beyond the event window, kept only "
+        "under `STREAMREC_EXCLUDE=seen`.",
+    )
     batch_max_users: int = _setting(128, "A batch flushes when this many users are pending (B).")
     batch_max_wait_ms: float = _setting(
         10.0, "A batch flushes this long after its first pending user (T)."
@@ -133,6 +139,15 @@ class Settings:
         settings.validate()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``STREAMREC_*`` variables (for a worker started by a tool)."""
+        return {
+            PREFIX + f.name.upper(): str(getattr(self, f.name)).lower()
+            if f.type in ("bool", bool)
+            else str(getattr(self, f.name))
+            for f in fields(self)
+        }
+
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed, validated like the original."""
         settings = replace(self, **changes)
@@ -151,6 +166,7 @@ class Settings:
             "top_k",
             "context_events",
             "max_purchased",
+            "max_seen",
             "batch_max_users",
             "batch_max_events",
             "max_inflight_batches",

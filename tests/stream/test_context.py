@@ -1,4 +1,4 @@
-from stream.context import UserContext, apply_event
+from stream.context import ContextLimits, UserContext, apply_event, update_context
 from stream.records import Event
 
 
@@ -49,3 +49,27 @@ def test_bytes_round_trip_and_absent_user():
     context = fold([ev(1), ev(2, "purchase"), Event("s", "u", "search", 5, query="q")])
     assert UserContext.from_bytes(context.to_bytes()) == context
     assert UserContext.from_bytes(None) is None
+
+
+def test_seen_items_outlive_the_event_window_and_are_bounded():
+    events = [ev(i, item=f"old{i}") for i in range(5)] + [ev(100 + i) for i in range(60)]
+    context = fold(events, max_events=50, max_seen=63)
+    assert "old2" not in {e.item_id for e in context.events}
+    assert "old2" in context.excluded_items("seen") and "old0" not in context.seen
+    assert len(context.seen) == 63
+    assert fold(events, max_events=50).seen == ()  # not kept unless asked for
+
+
+def test_version_1_contexts_read_with_seen_from_their_events():
+    body = {"v": 1, "events": [["e1", "click", "a", None, 1]], "purchased": []}
+    assert UserContext.from_dict(body).seen == ("a",)
+
+
+def test_update_context_writes_back_only_changes():
+    store = {}
+    limits = ContextLimits(max_events=50, max_purchased=500, max_seen=10)
+    context, changed = update_context(store, ev(1), limits)
+    assert changed and UserContext.from_bytes(store["u"]) == context
+    store_before = dict(store)
+    assert update_context(store, ev(1), limits) == (context, False)
+    assert store == store_before

@@ -101,7 +101,7 @@ def test_search_events_change_the_list_and_repeated_queries_hit_the_cache(scorer
 
 
 def test_diversity_reorders_the_same_candidates_into_a_more_varied_list(tiny_model_dir, scorer):
-    from model_export.metrics import intra_list_diversity
+    from stream.ranking import intra_list_diversity
 
     diverse = Scorer(tiny_model_dir, provider="cpu", top_k=20, diversity=0.7)
     assert diverse.item_vectors is not None

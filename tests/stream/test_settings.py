@@ -53,3 +53,8 @@ def test_password_is_never_in_repr_and_table_documents_every_variable():
     assert "hunter2" not in repr(s)
     table = settings_table()
     assert "STREAMREC_MODEL_DIR" in table and "hunter2" not in table
+
+
+def test_to_env_round_trips():
+    s = Settings.from_env({"STREAMREC_TOP_K": "7", "STREAMREC_WEB_ENABLED": "false"})
+    assert Settings.from_env(s.to_env()) == s

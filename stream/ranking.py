@@ -1,4 +1,9 @@
-"""Ranking metrics under full ranking: every catalogue item competes, masked items excepted."""
+"""Ranking metrics, defined once for offline evaluation and the replay tool.
+
+Under full ranking every catalogue item competes, masked items excepted. One target per
+list: HR@k (hit), NDCG@k (``1 / log2(rank + 1)``) and MRR@k (``1 / rank``), with ranks from 1;
+catalogue coverage; intra-list diversity.
+"""
 
 from __future__ import annotations
 
@@ -38,22 +43,30 @@ def intra_list_diversity(top: np.ndarray, vectors: np.ndarray) -> float:
     return float((1.0 - similarity[:, pairs]).mean())
 
 
+def target_ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank (from 1) of each row's target in its list ``top``; 0 where it is absent."""
+    ranks = np.zeros(len(targets), dtype=np.int64)
+    hit_rows, positions = np.nonzero(top == targets[:, None])
+    ranks[hit_rows] = positions + 1
+    return ranks
+
+
+def gains(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-list HR, NDCG and MRR at ``k`` from :func:`target_ranks` (0 = miss)."""
+    hit = (ranks > 0) & (ranks <= k)
+    safe = np.where(hit, ranks, 1)
+    return {
+        f"hr@{k}": hit.astype(np.float64),
+        f"ndcg@{k}": np.where(hit, 1.0 / np.log2(safe + 1), 0.0),
+        f"mrr@{k}": np.where(hit, 1.0 / safe, 0.0),
+    }
+
+
 def ranking_metrics(top: np.ndarray, targets: np.ndarray, num_items: int) -> dict[str, float]:
     """HR, NDCG and MRR at ``k = top.shape[1]`` for one target per row, and coverage.
 
     Coverage is the share of the catalogue that appears in at least one list.
     """
     k = top.shape[1]
-    hit_rows, ranks = np.nonzero(top == targets[:, None])
-    hr = np.zeros(len(targets))
-    ndcg = np.zeros(len(targets))
-    mrr = np.zeros(len(targets))
-    hr[hit_rows] = 1.0
-    ndcg[hit_rows] = 1.0 / np.log2(ranks + 2)
-    mrr[hit_rows] = 1.0 / (ranks + 1)
-    return {
-        f"hr@{k}": float(hr.mean()),
-        f"ndcg@{k}": float(ndcg.mean()),
-        f"mrr@{k}": float(mrr.mean()),
-        f"coverage@{k}": len(np.unique(top)) / num_items,
-    }
+    means = {name: float(g.mean()) for name, g in gains(target_ranks(top, targets), k).items()}
+    return {**means, f"coverage@{k}": len(np.unique(top)) / num_items}

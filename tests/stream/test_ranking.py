@@ -3,9 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from model_export.baselines import ItemKNNConfig, itemknn_scores
-from model_export.cooccurrence import CoocConfig, cooccurrence
-from model_export.metrics import intra_list_diversity, ranking_metrics, top_k
+from stream.ranking import gains, intra_list_diversity, ranking_metrics, target_ranks, top_k
 
 
 def test_top_k_masks_padding_and_excluded_and_breaks_ties_by_index():
@@ -33,17 +31,11 @@ def test_intra_list_diversity_by_hand():
     assert intra_list_diversity(np.array([[1, 2, 3]]), vectors) == pytest.approx(2 / 3)
 
 
-def test_cooccurrence_counts_by_hand():
-    counts = cooccurrence([np.array([1, 2, 3])], 3, CoocConfig(window=2, decay=0.5, backward=0.1))
-    assert counts[1, 2] == pytest.approx(1.0) and counts[2, 3] == pytest.approx(1.0)
-    assert counts[1, 3] == pytest.approx(0.5)  # distance 2
-    assert counts[2, 1] == pytest.approx(0.1) and counts[3, 1] == pytest.approx(0.05)
-    assert counts[0].sum() == 0 and counts[:, 0].sum() == 0
-
-
-def test_itemknn_weighs_recent_history_more():
-    counts = np.zeros((4, 4), dtype=np.float32)
-    counts[1, 2] = 1.0  # after 1 comes 2
-    counts[3, 1] = 1.0  # after 3 comes 1
-    scores = itemknn_scores(counts, [np.array([1, 3])], ItemKNNConfig(history_decay=0.5))
-    assert scores[0, 1] > scores[0, 2]  # 3 is newer than 1
+def test_gains_at_several_k_from_one_ranking():
+    ranks = target_ranks(np.array([[5, 6, 7], [1, 2, 3]]), np.array([7, 9]))
+    assert ranks.tolist() == [3, 0]
+    assert gains(ranks, 2)["hr@2"].tolist() == [0.0, 0.0]
+    at3 = gains(ranks, 3)
+    assert at3["hr@3"].tolist() == [1.0, 0.0]
+    assert at3["ndcg@3"][0] == pytest.approx(1 / math.log2(4))
+    assert at3["mrr@3"][0] == pytest.approx(1 / 3)

@@ -1,0 +1,355 @@
+"""``python -m stream replay``: backtest a model through the live scoring path.
+
+Two ways to drive the worker's code over a historical event log:
+
+* **in-process** (default): no broker; each event goes through the worker's context update
+  (:func:`stream.context.update_context`), the :class:`~stream.pipeline.ScoringPipeline`
+  (micro-batching, scoring off the event loop, the list encoded as on the wire) and is
+  decoded back from those bytes.
+* **broker** (``--via-kafka``): a real worker subprocess on the embedded broker (or
+  ``--broker``), fresh topics for this replay; the log is produced to its events topic and
+  lists are read from its recommendations topic (a new topic read from its start, so no
+  timestamp-based offset lookups) and matched to their events by ``trigger_event_id``.
+
+Pacing. A user's lists depend only on that user's own events, so users replay concurrently,
+each in time order. By default each user's next event is sent once the list reflecting the
+previous one has arrived (closed loop: a user sees a list, then acts), so every event gets
+its own list and both modes produce identical lists. ``--speed N`` (broker mode) instead
+produces the whole log open loop at N x its recorded pace; lists may then coalesce events and
+the current list before an event is whatever had arrived by then.
+
+Metrics are computed by :mod:`stream.backtest`; the report is written by
+:mod:`stream.replay_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from tqdm import tqdm
+
+from stream.backtest import ReplayRun, by_user
+from stream.broker import EmbeddedBroker
+from stream.context import ContextLimits, update_context
+from stream.errors import StreamrecError
+from stream.manifest import load_manifest
+from stream.metrics import Metrics
+from stream.pipeline import ScoringPipeline
+from stream.records import Event, Recommendation
+from stream.settings import Settings
+from stream.topics import ensure_topics, streamrec_topics
+from stream.worker_process import WorkerProcess
+
+#: Longest a closed-loop replay waits for one event's list before giving up.
+LIST_TIMEOUT_S = 60.0
+
+
+async def replay_in_process(
+    users: dict[str, list[Event]], settings: Settings, progress: tqdm | None = None
+) -> ReplayRun:
+    """Replay through the worker's context, batching and scoring code, without a broker."""
+    manifest = load_manifest(settings.model_dir, verify_hash=False)
+    run = ReplayRun(settings.model_dir, manifest.model_version, "in-process")
+    loop = asyncio.get_running_loop()
+    done: dict[str, asyncio.Future[None]] = {}
+    started = time.monotonic()
+
+    async def publish(user_id: str, value: bytes) -> None:
+        rec = Recommendation.from_json(value)
+        run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+
+    async def acked(event_id: str) -> None:  # runs after the event's list was published
+        if event_id not in run.lists:
+            run.failed_events += 1
+        done.pop(event_id).set_result(None)
+
+    metrics = Metrics()
+    pipeline = ScoringPipeline(settings, metrics, publish)
+    await pipeline.start()
+    store: dict[str, bytes] = {}
+    limits = ContextLimits.from_settings(settings)
+
+    async def play(events: list[Event]) -> None:
+        for ev in events:
+            context, _ = update_context(store, ev, limits)
+            future = done[ev.event_id] = loop.create_future()
+            run.sent[ev.event_id] = _since(started)
+            await pipeline.submit(ev.user_id, context, ev, functools.partial(acked, ev.event_id))
+            await future
+            if progress is not None:
+                progress.update()
+
+    try:
+        await pipeline.wait_ready()
+        started = time.monotonic()
+        await asyncio.gather(*(play(events) for events in users.values()))
+    finally:
+        await pipeline.stop()
+    run.wall_s = _since(started)
+    run.stats = metrics.snapshot()
+    return run
+
+
+async def replay_via_kafka(
+    users: dict[str, list[Event]],
+    settings: Settings,
+    progress: tqdm | None = None,
+    *,
+    speed: float = 0.0,
+) -> ReplayRun:
+    """Replay through a running worker: produce events, read lists back (``settings.broker``)."""
+    manifest = load_manifest(settings.model_dir, verify_hash=False)
+    run = ReplayRun(settings.model_dir, manifest.model_version, "kafka")
+    bootstrap = settings.bootstrap_servers
+    waiting: dict[str, asyncio.Future[None]] = {}
+    started = time.monotonic()
+    consumer = AIOKafkaConsumer(
+        settings.recommendations_topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        while not stop.is_set():
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for record in records:
+                    rec = Recommendation.from_json(record.value)
+                    run.record(
+                        rec.trigger_event_id, [item for item, _ in rec.items], _since(started)
+                    )
+                    future = waiting.pop(rec.trigger_event_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                        if progress is not None:
+                            progress.update()
+
+    async def send(ev: Event) -> asyncio.Future[None]:
+        future = waiting[ev.event_id] = asyncio.get_running_loop().create_future()
+        run.sent[ev.event_id] = _since(started)
+        await producer.send(settings.events_topic, ev.to_json(), key=ev.user_id.encode())
+        return future
+
+    async def play(events: list[Event]) -> None:
+        for ev in events:
+            try:
+                await asyncio.wait_for(await send(ev), LIST_TIMEOUT_S)
+            except TimeoutError:
+                msg = (
+                    f"no list for event {ev.event_id!r} after {LIST_TIMEOUT_S:.0f} s: "
+                    "see the worker log"
+                )
+                raise StreamrecError(msg) from None
+
+    async def open_loop(ordered: list[Event]) -> None:
+        first = ordered[0].ts
+        for ev in ordered:
+            due = (ev.ts - first) / 1000.0 / speed
+            if due > _since(started):
+                await asyncio.sleep(due - _since(started))
+            await send(ev)
+        await producer.flush()
+        deadline = time.monotonic() + LIST_TIMEOUT_S
+        newest = {events[-1].event_id for events in users.values()}
+        while time.monotonic() < deadline and not newest <= run.lists.keys():
+            await asyncio.sleep(0.1)
+
+    await consumer.start()
+    await producer.start()
+    reader = asyncio.create_task(read())
+    try:
+        started = time.monotonic()
+        if speed > 0:
+            await open_loop(sorted((e for es in users.values() for e in es), key=lambda e: e.ts))
+        else:
+            await asyncio.gather(*(play(events) for events in users.values()))
+        run.wall_s = _since(started)
+    finally:
+        stop.set()
+        await reader
+        await producer.stop()
+        await consumer.stop()
+    return run
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+def replay_with_worker(
+    users: dict[str, list[Event]],
+    settings: Settings,
+    work_dir: Path,
+    progress: tqdm | None = None,
+    *,
+    speed: float = 0.0,
+) -> ReplayRun:
+    """Start a worker for ``settings.model_dir`` on fresh topics of ``settings.broker``, replay."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = settings.with_overrides(
+        app_id=f"replay-{suffix}",
+        events_topic=f"replay-{suffix}-events",
+        recommendations_topic=f"replay-{suffix}-recommendations",
+        dlq_topic=f"replay-{suffix}-dlq",
+    )
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
+        )
+    )
+    # the worker runs with exactly these settings (exclusion, top-K, batching, ...)
+    env = settings.with_overrides(data_dir=str(work_dir / f"worker-{suffix}")).to_env()
+    with WorkerProcess(env, work_dir / f"worker-{suffix}.log") as worker:
+        worker.wait_ready()
+        run = asyncio.run(replay_via_kafka(users, settings, progress, speed=speed))
+    run.stats = {"worker_log": str(worker.log_path)}
+    return run
+
+
+def load_log(path: str | None, datasets_dir: str, limit: int) -> tuple[list[Event], dict[str, int]]:
+    """The log to replay (a file, or MovieLens), its first ``limit`` events by time if > 0.
+
+    Returns the events and the count of rows skipped by reason (invalid, duplicate ids).
+    """
+    from model_export import data
+
+    skipped: dict[str, int] = {}
+    if path:
+        log = data.read_events(path)
+        events, skipped = log.events, dict(log.rejected)
+    else:
+        events = data.movielens_events(datasets_dir)
+    unique: dict[str, Event] = {}
+    for ev in events:
+        if ev.event_id in unique:
+            skipped["duplicate_event_id"] = skipped.get("duplicate_event_id", 0) + 1
+        else:
+            unique[ev.event_id] = ev
+    ordered = sorted(unique.values(), key=lambda e: e.ts)
+    return (ordered[:limit] if limit > 0 else ordered), skipped
+
+
+def replay(
+    events: Sequence[Event],
+    model_dirs: Sequence[str],
+    settings: Settings,
+    *,
+    via_kafka: bool = False,
+    broker: str = "",
+    speed: float = 0.0,
+    work_dir: Path = Path(".cache/replay"),
+    progress: bool = True,
+) -> list[ReplayRun]:
+    """Replay ``events`` once per model directory, in the chosen mode."""
+    if speed > 0 and not via_kafka:
+        msg = "--speed paces a broker replay; add --via-kafka (in-process runs closed loop)"
+        raise StreamrecError(msg)
+    users = by_user(events)
+    runs = []
+    for model_dir in model_dirs:
+        model_settings = settings.with_overrides(model_dir=model_dir)
+        load_manifest(model_dir)  # fail early, with the manifest's message
+        bar = tqdm(total=len(events), desc=f"replay {Path(model_dir).name}", disable=not progress)
+        with bar:
+            if not via_kafka:
+                runs.append(asyncio.run(replay_in_process(users, model_settings, bar)))
+            elif broker:
+                model_settings = model_settings.with_overrides(broker=broker)
+                runs.append(replay_with_worker(users, model_settings, work_dir, bar, speed=speed))
+            else:
+                work_dir.mkdir(parents=True, exist_ok=True)
+                with (
+                    (work_dir / "broker.log").open("wb") as log,
+                    EmbeddedBroker(log_file=log, binary=settings.tansu_bin) as embedded,
+                ):
+                    model_settings = model_settings.with_overrides(broker=embedded.url)
+                    runs.append(
+                        replay_with_worker(users, model_settings, work_dir, bar, speed=speed)
+                    )
+    return runs
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse the command line, replay, write the report; returns the exit code."""
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(
+        prog="python -m stream replay", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--events", help="event log, JSONL or Parquet (default: MovieLens-100k)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="model directory; give two to compare them [env: STREAMREC_MODEL_DIR]",
+    )
+    parser.add_argument("--via-kafka", action="store_true", help="through a worker and a broker")
+    parser.add_argument(
+        "--broker", default="", help="kafka://host:port to use instead of the embedded broker"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=0.0, help="open loop at N x recorded pace (--via-kafka)"
+    )
+    parser.add_argument(
+        "--final-only", action="store_true", help="score only each user's last interaction"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="replay the first N events by time")
+    parser.add_argument("--out", default="reports/replay", help="report directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    models = args.model or [settings.model_dir]
+    if len(models) > 2:
+        parser.error("give at most two --model directories")
+    from stream.replay_report import build_report, write_report
+
+    events, skipped = load_log(args.events, settings.datasets_dir, args.limit)
+    runs = replay(
+        events,
+        models,
+        settings,
+        via_kafka=args.via_kafka,
+        broker=args.broker,
+        speed=args.speed,
+        work_dir=Path(args.out) / "work",
+        progress=not args.quiet,
+    )
+    report = build_report(
+        events,
+        runs,
+        final_only=args.final_only,
+        skipped=skipped,
+        settings=settings,
+        speed=args.speed,
+    )
+    summary = write_report(report, runs, Path(args.out))
+    print(summary, file=sys.stderr)
+    print(report_line(report))
+    return 0
+
+
+def report_line(report: dict[str, Any]) -> str:
+    """The report's headline figures as one JSON line (the command's last line of output)."""
+    import orjson
+
+    headline = {
+        "models": [
+            {
+                "model_version": m["model_version"],
+                "mode": m["mode"],
+                **{k: v for k, v in m["metrics"]["all"].items() if k.startswith(("hr@", "ndcg@"))},
+                "wall_s": m["timing"]["wall_s"],
+            }
+            for m in report["models"]
+        ],
+    }
+    return orjson.dumps(headline).decode()

@@ -1,0 +1,84 @@
+"""A ``python -m stream worker`` subprocess for the tools that drive one (demo, replay).
+
+It starts with the caller's ``STREAMREC_*`` overrides on top of the environment, is ready
+once its ``/stats/`` says it consumes, and is stopped (SIGTERM, then SIGKILL after 30 s)
+when the ``with`` block ends, whatever happened inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import orjson
+
+from stream.broker import free_port
+from stream.errors import StreamrecError
+
+
+class WorkerProcess:
+    """One worker subprocess, logging to ``log_path``."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.web_port = free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, **env, "STREAMREC_WEB_PORT": str(self.web_port)}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream", "worker", "-l", "info"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Terminate the worker and wait for it (kill it if it ignores SIGTERM for 30 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(30)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Poll ``/stats/`` until the worker consumes; returns the seconds waited.
+
+        Raises:
+            StreamrecError: the worker exited, or was not consuming after ``timeout``.
+        """
+        assert self.process is not None, "wait_ready() outside the with block"
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{self.web_port}/stats/"
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                msg = f"the worker exited with code {self.process.returncode}; see {self.log_path}"
+                raise StreamrecError(msg)
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                    if orjson.loads(response.read()).get("ready"):
+                        return time.monotonic() - started
+            time.sleep(0.25)
+        msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
+        raise StreamrecError(msg)

@@ -1,0 +1,97 @@
+"""The replay tool drives the live scoring path; its figures must equal the offline ones."""
+
+import json
+
+import pytest
+
+from model_export.data import movielens_events
+from model_export.evaluate import evaluate_model_dir
+from model_export.split import build_split
+from stream.backtest import by_user
+from stream.manifest import load_manifest
+from stream.replay import main, replay
+from stream.replay_report import PLOTS, build_report
+from stream.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def movielens(datasets_dir):
+    return movielens_events(datasets_dir)
+
+
+def users_log(events, *, max_events_per_user, at_least):
+    """Whole histories of users with short ones, in log order, until ``at_least`` events."""
+    keep, total = set(), 0
+    for user, history in by_user(events).items():
+        if total >= at_least:
+            break
+        if len(history) <= max_events_per_user:
+            keep.add(user)
+            total += len(history)
+    return sorted((e for e in events if e.user_id in keep), key=lambda e: e.ts)
+
+
+def seen_settings(model_dir):
+    return Settings().with_overrides(model_dir=str(model_dir), exclude="seen")
+
+
+def test_final_only_in_process_equals_model_export_evaluate(tiny_model_dir, movielens):
+    log = users_log(movielens, max_events_per_user=10_000, at_least=12_000)
+    settings = seen_settings(tiny_model_dir)
+    runs = replay(log, [str(tiny_model_dir)], settings, progress=False)
+    report = build_report(log, runs, final_only=True, skipped={}, settings=settings)
+    replayed = report["models"][0]["metrics"]["all"]
+    split = build_split(log, load_manifest(tiny_model_dir).items)
+    offline = evaluate_model_dir(split, str(tiny_model_dir), "seen")
+    assert replayed["events"] == len(split.evaluated()) > 50
+    for metric in ("hr@10", "ndcg@10", "mrr@10", "coverage@10"):
+        assert replayed[metric] == pytest.approx(offline[metric], abs=1e-6), metric
+    assert runs[0].failed_events == 0 and len(runs[0].lists) == len(log)
+
+
+def test_broker_mode_gives_the_in_process_lists(tiny_model_dir, movielens, broker, tmp_path):
+    log = users_log(movielens, max_events_per_user=150, at_least=20_000)
+    assert len(log) >= 20_000
+    settings = seen_settings(tiny_model_dir)
+    [local] = replay(log, [str(tiny_model_dir)], settings, progress=False)
+    [remote] = replay(
+        log,
+        [str(tiny_model_dir)],
+        settings,
+        via_kafka=True,
+        broker=broker.url,
+        work_dir=tmp_path,
+        progress=False,
+    )
+    assert remote.mode == "kafka" and len(remote.lists) == len(log)
+    assert remote.lists == local.lists  # every event's list, item for item
+    figures = [
+        build_report(log, [run], final_only=False, skipped={}, settings=settings)["models"][0]
+        for run in (local, remote)
+    ]
+    assert figures[0]["metrics"] == figures[1]["metrics"]
+    assert figures[1]["timing"]["latency_ms"]["p50"] > 0
+
+
+def test_command_writes_the_report_and_compares_two_models(tiny_model_dir, movielens, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"".join(e.to_json() + b"\n" for e in movielens[:3000]) + b"not json\n")
+    out = tmp_path / "report"
+    model = str(tiny_model_dir)
+    args = ["--events", str(log), "--model", model, "--model", model, "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["log"]["skipped"] == {"not_json": 1}
+    assert [m["metrics"]["all"]["events"] for m in report["models"]] == [2979, 2979]
+    same = report["comparison"]["ndcg@10"]
+    assert same["diff"] == 0.0 and same["ci95_low"] == same["ci95_high"] == 0.0
+    for plot in PLOTS:
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| metric | A | B |" in (out / "summary.md").read_text()
+
+
+def test_speed_needs_a_broker(tiny_model_dir, movielens):
+    from stream.errors import StreamrecError
+
+    with pytest.raises(StreamrecError, match="--via-kafka"):
+        replay(movielens[:10], [str(tiny_model_dir)], Settings(), speed=10.0, progress=False)
