@@ -150,6 +150,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(f"# Offline evaluation ({source})\n\n{table}")
+        Path(args.report).with_suffix(".json").write_bytes(
+            orjson.dumps(report, option=orjson.OPT_INDENT_2)
+        )
     print(table, file=sys.stderr)
     print(orjson.dumps(report).decode())
 

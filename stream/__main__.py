@@ -1,7 +1,7 @@
 """``python -m stream``: ``worker`` and Faust's commands, plus streamrec's own tools.
 
-``broker``, ``demo``, ``replay`` and ``settings`` run without building the Faust app; anything
-else is handed to Faust's command line (``python -m stream worker -l info``).
+``bench``, ``broker``, ``demo``, ``replay`` and ``settings`` run without building the Faust
+app; anything else is handed to Faust's command line (``python -m stream worker -l info``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,13 @@ def demo_main(argv: Sequence[str]) -> int:
     return run_demo(argv)
 
 
+def bench_main(argv: Sequence[str]) -> int:
+    """Benchmark the streaming path against the model alone (see :mod:`stream.bench`)."""
+    from stream.bench import main as run_bench
+
+    return run_bench(argv)
+
+
 def replay_main(argv: Sequence[str]) -> int:
     """Backtest a model over an event log (see :mod:`stream.replay`)."""
     from stream.replay import main as run_replay
@@ -70,6 +77,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "settings": settings_main,
     "demo": demo_main,
     "replay": replay_main,
+    "bench": bench_main,
 }
 
 

@@ -57,7 +57,7 @@ def ensure_model(settings: Settings) -> None:
     except ModelLoadError:
         if Path(settings.model_dir, "manifest.json").exists():
             raise  # a broken model is the operator's to fix, not ours to overwrite
-    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~3 min)")
+    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~4 min)")
     subprocess.run(
         [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir, "--quiet"],
         check=True,

@@ -49,6 +49,11 @@ class QueryEncoder:
         self.hits = 0
         self.misses = 0
 
+    def encode_uncached(self, queries: Sequence[str]) -> np.ndarray:
+        """Vectors ``[len(queries), query_dim]`` straight from the encoder (no cache)."""
+        (vectors,) = self.session.run(["query_vecs"], tokenize(self.tokenizer, queries))
+        return np.asarray(vectors)
+
     def encode(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
         """Vectors of each distinct query in ``queries`` (cached ones are not re-encoded)."""
         found: dict[str, np.ndarray] = {}
@@ -62,7 +67,7 @@ class QueryEncoder:
         missing = [q for q in dict.fromkeys(queries) if q not in found]
         if not missing:
             return found
-        (vectors,) = self.session.run(["query_vecs"], tokenize(self.tokenizer, missing))
+        vectors = self.encode_uncached(missing)
         with self._lock:
             self.misses += len(missing)
             for query, vector in zip(missing, vectors, strict=True):

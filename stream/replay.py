@@ -29,7 +29,6 @@ import asyncio
 import functools
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,7 @@ from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.topics import ensure_topics, streamrec_topics
-from stream.worker_process import WorkerProcess
+from stream.worker_process import worker_on_fresh_topics
 
 #: Longest a closed-loop replay waits for one event's list before giving up.
 LIST_TIMEOUT_S = 60.0
@@ -197,22 +195,7 @@ def replay_with_worker(
     speed: float = 0.0,
 ) -> ReplayRun:
     """Start a worker for ``settings.model_dir`` on fresh topics of ``settings.broker``, replay."""
-    suffix = uuid.uuid4().hex[:8]
-    settings = settings.with_overrides(
-        app_id=f"replay-{suffix}",
-        events_topic=f"replay-{suffix}-events",
-        recommendations_topic=f"replay-{suffix}-recommendations",
-        dlq_topic=f"replay-{suffix}-dlq",
-    )
-    asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
-        )
-    )
-    # the worker runs with exactly these settings (exclusion, top-K, batching, ...)
-    env = settings.with_overrides(data_dir=str(work_dir / f"worker-{suffix}")).to_env()
-    with WorkerProcess(env, work_dir / f"worker-{suffix}.log") as worker:
-        worker.wait_ready()
+    with worker_on_fresh_topics(settings, work_dir, "replay") as (settings, worker):
         run = asyncio.run(replay_via_kafka(users, settings, progress, speed=speed))
     run.stats = {"worker_log": str(worker.log_path)}
     return run

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import orjson  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stream import backtest  # noqa: E402
 from stream.backtest import HEADLINE_K, KS, ReplayRun  # noqa: E402
@@ -157,6 +158,7 @@ def _plots(report: dict[str, Any], runs: Sequence[ReplayRun], out: Path) -> None
     for model, label in zip(models, labels, strict=True):
         curve = model["hr_at_k"]
         axes.plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     _finish(figure, axes, "HR@K against K", "K", "HR@K", out / PLOTS[0])
 
     figure, axes = plt.subplots()

@@ -7,20 +7,25 @@ when the ``with`` block ends, whatever happened inside it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import orjson
 
 from stream.broker import free_port
 from stream.errors import StreamrecError
+from stream.settings import Settings
+from stream.topics import ensure_topics, streamrec_topics
 
 
 class WorkerProcess:
@@ -62,6 +67,13 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def stats(self) -> dict[str, Any]:
+        """The worker's ``/stats/`` (counters and summaries)."""
+        url = f"http://127.0.0.1:{self.web_port}/stats/"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            body: dict[str, Any] = orjson.loads(response.read())
+            return body
+
     def wait_ready(self, timeout: float = 90.0) -> float:
         """Poll ``/stats/`` until the worker consumes; returns the seconds waited.
 
@@ -82,3 +94,30 @@ class WorkerProcess:
             time.sleep(0.25)
         msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
         raise StreamrecError(msg)
+
+
+@contextlib.contextmanager
+def worker_on_fresh_topics(
+    settings: Settings, work_dir: Path, name: str = "tool"
+) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A consuming worker with ``settings`` on new topics and a new group of ``settings.broker``.
+
+    Yields the settings with those topic names (for the tool's own clients) and the worker.
+    """
+    suffix = f"{name}-{uuid.uuid4().hex[:8]}"
+    settings = settings.with_overrides(
+        app_id=suffix,
+        events_topic=f"{suffix}-events",
+        recommendations_topic=f"{suffix}-recommendations",
+        dlq_topic=f"{suffix}-dlq",
+        data_dir=str(work_dir / suffix),
+    )
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
+        )
+    )
+    # the worker runs with exactly these settings (exclusion, top-K, batching, ...)
+    with WorkerProcess(settings.to_env(), work_dir / f"{suffix}.log") as worker:
+        worker.wait_ready()
+        yield settings, worker

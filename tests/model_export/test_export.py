@@ -69,3 +69,14 @@ def test_an_empty_history_scores_finite_values():
     zeros = torch.zeros(1, 6, dtype=torch.int64)
     scores, _ = ranker(zeros, zeros, torch.zeros(1, 6, 8), torch.zeros(1, 1, dtype=torch.int64))
     assert torch.isfinite(scores).all()
+
+
+def test_top10_identity_allows_swaps_within_a_tie_only():
+    from model_export.parity import _identical_up_to_ties
+
+    scores = np.array([[3.0, 2.0, 2.0 + 1e-7, 1.0], [3.0, 2.0, 1.5, 1.0]])
+    indices = np.array([[7, 8, 9, 5], [7, 8, 9, 5]])
+    tie_swapped = np.array([[7, 9, 8], [7, 8, 9]])
+    assert _identical_up_to_ties(tie_swapped, scores, indices) == 1.0
+    real_swap = np.array([[7, 8, 9], [7, 9, 8]])
+    assert _identical_up_to_ties(real_swap, scores, indices) == 0.5

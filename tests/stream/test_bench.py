@@ -1,0 +1,31 @@
+"""The benchmark runs end to end (briefly) and prints its figures as one JSON object."""
+
+import json
+
+from stream.bench import main
+
+FIGURES = {
+    "model_only_users_per_s",
+    "single_user_users_per_s",
+    "batching_gain",
+    "query_encodings_per_s",
+    "query_cache_hit_rate",
+    "saturation_events_per_s",
+    "saturation_users_scored_per_s",
+    "pipeline_efficiency",
+    "latency_at_half_saturation",
+    "environment",
+}
+
+
+def test_bench_prints_every_figure(tiny_model_dir, broker, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tiny_model_dir))
+    args = ["--warmup", "1", "--window", "2", "--latency-window", "2", "--model-seconds", "0.2"]
+    assert main([*args, "--broker", broker.url, "--out", str(tmp_path)]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert FIGURES <= figures.keys()
+    assert figures["model_only_users_per_s"] > 0 and figures["saturation_events_per_s"] > 0
+    assert 0 <= figures["query_cache_hit_rate"] <= 1
+    assert figures["latency_at_half_saturation"]["lists_measured"] > 0
+    assert figures["environment"]["provider"] == "CPUExecutionProvider"
+    assert json.loads((tmp_path / "bench.json").read_text()) == figures
