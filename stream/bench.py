@@ -17,6 +17,9 @@ Phases, all on this machine and in this run, with the exported model of
    latency runs from the event's ``ts`` (stamped when produced) to the list's arrival on the
    output topic: p50/p95/p99.
 
+``--profile`` runs the worker under py-spy through start-up and the saturation phase (the
+latency phase is skipped) and adds ``profile``: where the worker's samples fall.
+
 The last line of output is one JSON object with every figure and the environment
 (provider, batch size, threads, cores, GPU).
 """
@@ -49,6 +52,20 @@ from stream.settings import Settings
 from stream.worker_process import WorkerProcess, worker_on_fresh_topics
 
 QUERY_BATCH = 64
+#: Seconds a profiled worker is given to start before the saturation phase.
+WORKER_START_S = 15.0
+#: Code areas a worker's profile is summarised by (first match of a frame's file path).
+PROFILE_AREAS = (
+    ("onnxruntime", "inference (ONNX Runtime)"),
+    ("stream/scorer.py", "input encoding and decoding"),
+    ("stream/context.py", "context update"),
+    ("stream/records.py", "event parsing and list encoding"),
+    ("faust/tables", "Faust table and changelog"),
+    ("aiokafka", "Kafka client (aiokafka)"),
+    ("faust/", "Faust streams and topics"),
+    ("mode/", "mode services"),
+    ("asyncio", "asyncio event loop"),
+)
 #: Most events the flat-out producer lets the worker fall behind: enough to keep it busy,
 #: few enough to drain before the latency phase.
 MAX_LAG = 10_000
@@ -243,6 +260,36 @@ async def latency_at(
     return {"offered_events_per_s": rate, "lists_measured": len(values), **pct}
 
 
+def profile_summary(path: Path, top: int = 15) -> dict:
+    """Share of a worker's samples per code area and the busiest functions (self time).
+
+    ``path`` holds py-spy's raw output: one ``frame;frame;...;frame count`` line per stack,
+    each frame ``function (file:line)``, innermost last; py-spy leaves out idle threads, so
+    the shares are of busy samples. A stack counts towards the first area (in
+    :data:`PROFILE_AREAS` order) any of its frames belongs to.
+    """
+    areas: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        area = next((name for key, name in PROFILE_AREAS if any(key in f for f in frames)), "other")
+        areas[area] = areas.get(area, 0) + count
+        functions[frames[-1]] = functions.get(frames[-1], 0) + count
+    share = {k: round(v / total, 4) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}
+    busiest = sorted(functions.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "area_share": share,
+        "top_self": [{"frame": f, "share": round(n / total, 4)} for f, n in busiest],
+    }
+
+
 def environment(scorer: Scorer, settings: Settings) -> dict:
     """Where the figures come from."""
     gpu = None
@@ -291,12 +338,23 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
             settings = settings.with_overrides(broker=broker.url)
         else:
             settings = settings.with_overrides(broker=args.broker)
-        live, worker = stack.enter_context(worker_on_fresh_topics(settings, work, "bench"))
+        profile = work / "worker-profile.txt" if args.profile else None
+        live, worker = stack.enter_context(
+            worker_on_fresh_topics(
+                settings,
+                work,
+                "bench",
+                profile=profile,
+                profile_s=WORKER_START_S + args.warmup + args.window,
+            )
+        )
         figures |= asyncio.run(saturate(live, worker, events, args.warmup, args.window))
         half = max(1.0, figures["saturation_events_per_s"] / 2)
-        figures["latency_at_half_saturation"] = asyncio.run(
-            latency_at(live, events, half, args.latency_window)
+        figures["latency_at_half_saturation"] = (
+            None if profile else asyncio.run(latency_at(live, events, half, args.latency_window))
         )
+    if profile is not None:
+        figures["profile"] = profile_summary(profile)
     figures["pipeline_efficiency"] = (
         figures["saturation_users_scored_per_s"] / figures["model_only_users_per_s"]
     )
@@ -318,6 +376,9 @@ def main(argv: Sequence[str]) -> int:
         "--broker", default="", help="kafka://host:port instead of the embedded broker"
     )
     parser.add_argument("--out", default="reports/bench", help="working files and bench.json")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the worker with py-spy (no latency phase)"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     figures = run(args, settings)

@@ -29,19 +29,52 @@ from stream.topics import ensure_topics, streamrec_topics
 
 
 class WorkerProcess:
-    """One worker subprocess, logging to ``log_path``."""
+    """One worker subprocess, logging to ``log_path``.
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    With ``profile``, the worker runs under ``py-spy record`` for ``profile_s`` seconds (raw
+    stacks written to ``profile``; py-spy then ends the worker).
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        profile: Path | None = None,
+        profile_s: float = 0.0,
+    ) -> None:
         self.web_port = free_port()
         self.log_path = log_path
         self.env = {**os.environ, **env, "STREAMREC_WEB_PORT": str(self.web_port)}
         self.process: subprocess.Popen[bytes] | None = None
+        self.profile, self.profile_s = profile, profile_s
+
+    def _command(self) -> list[str]:
+        worker = [sys.executable, "-m", "stream", "worker", "-l", "info"]
+        if self.profile is None:
+            return worker
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            msg = "profiling needs py-spy: .venv/bin/pip install py-spy"
+            raise StreamrecError(msg)
+        duration = str(int(self.profile_s))
+        return [
+            str(spy),
+            "record",
+            "-d",
+            duration,
+            "-f",
+            "raw",
+            "-o",
+            str(self.profile),
+            "--",
+        ] + worker
 
     def __enter__(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream", "worker", "-l", "info"],
+                self._command(),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -60,6 +93,11 @@ class WorkerProcess:
         """Terminate the worker and wait for it (kill it if it ignores SIGTERM for 30 s)."""
         if self.process is None or self.process.poll() is not None:
             return
+        if self.profile is not None:  # py-spy writes its file and ends the worker on time
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(self.profile_s + 30)
+            if self.process.poll() is not None:
+                return
         self.process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(30)
@@ -98,7 +136,12 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def worker_on_fresh_topics(
-    settings: Settings, work_dir: Path, name: str = "tool"
+    settings: Settings,
+    work_dir: Path,
+    name: str = "tool",
+    *,
+    profile: Path | None = None,
+    profile_s: float = 0.0,
 ) -> Iterator[tuple[Settings, WorkerProcess]]:
     """A consuming worker with ``settings`` on new topics and a new group of ``settings.broker``.
 
@@ -118,6 +161,7 @@ def worker_on_fresh_topics(
         )
     )
     # the worker runs with exactly these settings (exclusion, top-K, batching, ...)
-    with WorkerProcess(settings.to_env(), work_dir / f"{suffix}.log") as worker:
+    log = work_dir / f"{suffix}.log"
+    with WorkerProcess(settings.to_env(), log, profile=profile, profile_s=profile_s) as worker:
         worker.wait_ready()
         yield settings, worker
