@@ -10,9 +10,10 @@ Phases, all on this machine and in this run, with the exported model of
    ``query_encodings_per_s``; a Zipf-distributed stream of searches through the worker's
    query cache: ``query_cache_hit_rate``.
 3. **Saturation.** The embedded broker (or ``--broker``) and one worker on fresh topics; a
-   producer sends MovieLens events flat out. After ``--warmup`` seconds, the worker's own
-   counters over ``--window`` seconds give ``saturation_events_per_s`` and scored users/s,
-   and ``pipeline_efficiency`` = scored users/s ÷ ``model_only_users_per_s``.
+   producer sends MovieLens events flat out, users interleaved as live traffic is. After
+   ``--warmup`` seconds, the worker's own counters over ``--window`` seconds give
+   ``saturation_events_per_s`` and scored users/s, and ``pipeline_efficiency`` = scored
+   users/s ÷ ``model_only_users_per_s``.
 4. **Latency.** Events offered at half the saturation rate for ``--latency-window`` seconds;
    latency runs from the event's ``ts`` (stamped when produced) to the list's arrival on the
    output topic: p50/p95/p99.
@@ -66,6 +67,8 @@ PROFILE_AREAS = (
     ("mode/", "mode services"),
     ("asyncio", "asyncio event loop"),
 )
+#: Innermost frames of threads that wait rather than work (py-spy does not always tell).
+WAITING = ("EpollSelector.select (selectors.py", "_worker (concurrent/futures/thread.py:81)")
 #: Most events the flat-out producer lets the worker fall behind: enough to keep it busy,
 #: few enough to drain before the latency phase.
 MAX_LAG = 10_000
@@ -136,8 +139,27 @@ def query_figures(scorer: Scorer, titles: Sequence[str], seconds: float) -> dict
     }
 
 
+def interleaved(events: Sequence[Event]) -> list[Event]:
+    """Users' events round-robin (each user's own order kept), as many concurrent users send.
+
+    MovieLens in time order comes in bursts of one user rating many films at once, which the
+    worker would fold into one list; live traffic interleaves users.
+    """
+    queues = [iter(history) for history in by_user(events).values()]
+    order: list[Event] = []
+    while queues:
+        alive = []
+        for queue in queues:
+            ev = next(queue, None)
+            if ev is not None:
+                order.append(ev)
+                alive.append(queue)
+        queues = alive
+    return order
+
+
 def stream_events(events: Sequence[Event]) -> Iterator[Event]:
-    """MovieLens events forever, each pass with fresh ids, stamped with the current time."""
+    """``events`` forever, each pass with fresh ids, stamped with the current time."""
     for rounds in range(sys.maxsize):
         for ev in events:
             yield Event(
@@ -151,12 +173,18 @@ def stream_events(events: Sequence[Event]) -> Iterator[Event]:
 
 
 async def saturate(
-    settings: Settings, worker: WorkerProcess, events: Sequence[Event], warmup: float, window: float
+    settings: Settings,
+    worker: WorkerProcess,
+    events: Sequence[Event],
+    warmup: float,
+    window: float,
+    *,
+    drain: bool = True,
 ) -> dict:
     """Produce flat out; measure the worker's own counters over ``window`` after ``warmup``.
 
     The producer stays at most :data:`MAX_LAG` events ahead of the worker, so the worker is
-    always busy and the backlog drains before the next phase.
+    always busy and (with ``drain``) the backlog drains before the next phase.
     """
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
     await producer.start()
@@ -193,7 +221,7 @@ async def saturate(
         await task
         await producer.stop()
     drain_until = time.monotonic() + 120
-    while await consumed() < produced and time.monotonic() < drain_until:
+    while drain and await consumed() < produced and time.monotonic() < drain_until:
         await asyncio.sleep(0.5)
     counters = {
         k: after["counters"].get(k, 0) - before["counters"].get(k, 0) for k in after["counters"]
@@ -264,27 +292,32 @@ def profile_summary(path: Path, top: int = 15) -> dict:
     """Share of a worker's samples per code area and the busiest functions (self time).
 
     ``path`` holds py-spy's raw output: one ``frame;frame;...;frame count`` line per stack,
-    each frame ``function (file:line)``, innermost last; py-spy leaves out idle threads, so
-    the shares are of busy samples. A stack counts towards the first area (in
-    :data:`PROFILE_AREAS` order) any of its frames belongs to.
+    each frame ``function (file:line)``, innermost last. Stacks waiting in the event loop's
+    ``select`` or in an idle executor thread (:data:`WAITING`) are counted apart; the area
+    and function shares are of the remaining (busy) samples. A stack counts towards the
+    first area (in :data:`PROFILE_AREAS` order) any of its frames belongs to.
     """
     areas: dict[str, int] = {}
     functions: dict[str, int] = {}
-    total = 0
+    total = waiting = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
+        if frames[-1].startswith(WAITING):
+            waiting += count
+            continue
+        total += count
         area = next((name for key, name in PROFILE_AREAS if any(key in f for f in frames)), "other")
         areas[area] = areas.get(area, 0) + count
         functions[frames[-1]] = functions.get(frames[-1], 0) + count
     share = {k: round(v / total, 4) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}
     busiest = sorted(functions.items(), key=lambda kv: -kv[1])[:top]
     return {
-        "samples": total,
+        "busy_samples": total,
+        "waiting_samples": waiting,
         "area_share": share,
         "top_self": [{"frame": f, "share": round(n / total, 4)} for f, n in busiest],
     }
@@ -328,7 +361,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
     figures |= model_only(scorer, contexts, batch, args.model_seconds)
     titles = [item.title for item in movielens_items(settings.datasets_dir)]
     figures |= query_figures(scorer, titles, args.model_seconds)
-    events = movielens_events(settings.datasets_dir)
+    events = interleaved(movielens_events(settings.datasets_dir))
     work = Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -348,7 +381,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
                 profile_s=WORKER_START_S + args.warmup + args.window,
             )
         )
-        figures |= asyncio.run(saturate(live, worker, events, args.warmup, args.window))
+        figures |= asyncio.run(
+            saturate(live, worker, events, args.warmup, args.window, drain=profile is None)
+        )
         half = max(1.0, figures["saturation_events_per_s"] / 2)
         figures["latency_at_half_saturation"] = (
             None if profile else asyncio.run(latency_at(live, events, half, args.latency_window))

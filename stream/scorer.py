@@ -162,6 +162,8 @@ class Scorer:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle ORT threads would spin on cores the event loop needs; they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors on bad graphs.

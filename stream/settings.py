@@ -48,6 +48,10 @@ class Settings:
         10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
     )
     heartbeat_interval_s: float = _setting(2.0, "Consumer heartbeat interval.")
+    producer_linger_ms: float = _setting(
+        5.0,
+        "How long the worker's producer gathers lists and changelog writes into one request.",
+    )
     fetch_max_wait_ms: int = _setting(
         50, "Longest a fetch waits for data; the embedded broker always waits this long."
     )
