@@ -24,11 +24,11 @@ from typing import Any
 from stream.context import UserContext
 from stream.metrics import Metrics
 from stream.records import Event
-from stream.scorer import RankedList
 
 log = logging.getLogger(__name__)
 
-ScoreFn = Callable[[Sequence[UserContext]], list[RankedList]]
+#: Scores a batch's contexts; whatever it returns is handed to the publish function.
+ScoreFn = Callable[[Sequence[UserContext]], Any]
 
 
 @dataclass
@@ -47,11 +47,11 @@ class Batch:
 
     users: list[PendingUser]
     cut_at: float
-    future: asyncio.Future[list[RankedList]] | None = None
+    future: asyncio.Future[Any] | None = None
     inference_s: float = 0.0
 
 
-PublishFn = Callable[[Batch, "list[RankedList] | BaseException"], Awaitable[None]]
+PublishFn = Callable[[Batch, Any], Awaitable[None]]  # the score's result, or its exception
 
 
 class Batcher:
@@ -149,7 +149,7 @@ class Batcher:
         await self.flush()
         await self._queue.join()
 
-    def _timed_score(self, batch: Batch, contexts: list[UserContext]) -> list[RankedList]:
+    def _timed_score(self, batch: Batch, contexts: list[UserContext]) -> Any:
         started = time.perf_counter()
         try:
             return self._score(contexts)
@@ -170,7 +170,7 @@ class Batcher:
             batch = await self._queue.get()
             try:
                 assert batch.future is not None
-                outcome: list[RankedList] | BaseException
+                outcome: Any
                 try:
                     outcome = await batch.future
                     self.metrics.observe("inference_ms", batch.inference_s * 1000.0)

@@ -1,8 +1,14 @@
 """The scoring pipeline: user contexts in, recommendation lists out, events acked after.
 
-It owns the :class:`~stream.scorer.Scorer` (created after start-up, in a thread, once per
-process) and the :class:`~stream.batcher.Batcher`. Sending is injected, so the worker
-publishes to Kafka and the replay tool can collect lists in memory through the same code.
+It owns the :class:`~stream.scorer.Scorer` (created after start-up, in a thread) and the
+:class:`~stream.batcher.Batcher`. Every ``STREAMREC_MODEL_RELOAD_S`` it reads the model
+directory's manifest; a new ``model_version`` is loaded and verified in a thread and then
+takes over between batches, so no event waits or is dropped. Each list is stamped with the
+version of the model that scored it; a directory that cannot be served yet (being copied,
+a hash mismatch) is logged and retried while the current model keeps serving.
+
+Sending is injected, so the worker publishes to Kafka and the replay tool can collect lists
+in memory through the same code.
 Each event's ack runs only after the list reflecting it was handed to the producer; Faust
 flushes the producer before it commits offsets, so a crash never skips a list
 (at-least-once; duplicates carry the same ``trigger_event_id``).
@@ -11,16 +17,20 @@ flushes the producer before it commits offsets, so a crash never skips a list
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mode import Service
 
 from stream.batcher import Batch, Batcher
 from stream.context import UserContext
+from stream.errors import ModelLoadError
+from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.records import Event, Recommendation
 from stream.scorer import RankedList, Scorer
@@ -37,6 +47,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A batch's lists and the version of the model that scored them."""
+
+    model_version: str
+    lists: list[RankedList]
+
+
 class ScoringPipeline(Service):
     """Batch-scores users and publishes one list per scored user."""
 
@@ -48,6 +66,8 @@ class ScoringPipeline(Service):
         self.scorer: Scorer | None = None
         self.batcher: Batcher | None = None
         self._ready = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._refused: str | None = None  # a version that failed to load (logged once)
 
     async def on_start(self) -> None:
         """Load the model off the event loop, then start batching."""
@@ -55,7 +75,7 @@ class ScoringPipeline(Service):
         load = functools.partial(Scorer.from_settings, s)
         self.scorer = await asyncio.get_running_loop().run_in_executor(None, load)
         self.batcher = Batcher(
-            self.scorer.score,
+            self._score,
             self._publish,
             max_users=s.batch_max_users,
             max_wait_s=s.batch_max_wait_ms / 1000.0,
@@ -64,10 +84,62 @@ class ScoringPipeline(Service):
             metrics=self.metrics,
         )
         await self.batcher.start()
+        if s.model_reload_s > 0:
+            self._watcher = asyncio.create_task(self._watch_model(s.model_reload_s))
         self._ready.set()
+
+    def _score(self, contexts: Sequence[UserContext]) -> ScoredBatch:
+        scorer = self.scorer  # the model in force when this batch is scored
+        assert scorer is not None
+        return ScoredBatch(scorer.model_version, scorer.score(contexts))
+
+    async def _watch_model(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload_if_changed()
+            except Exception:  # the watcher must outlive any surprise; the model keeps serving
+                log.exception("checking %s for a new model failed", self.settings.model_dir)
+
+    async def reload_if_changed(self) -> bool:
+        """Switch to the model directory's model if its version changed; True if it did."""
+        assert self.scorer is not None
+        loop = asyncio.get_running_loop()
+        model_dir = self.settings.model_dir
+        try:
+            manifest = await loop.run_in_executor(
+                None, functools.partial(load_manifest, model_dir, verify_hash=False)
+            )
+        except ModelLoadError:
+            return False  # no complete manifest (an export is writing): look again later
+        current = self.scorer.model_version
+        if manifest.model_version == current:
+            return False
+        try:
+            scorer = await loop.run_in_executor(
+                None, functools.partial(Scorer.from_settings, self.settings)
+            )
+        except ModelLoadError as exc:
+            if self._refused != manifest.model_version:
+                self._refused = manifest.model_version
+                log.warning(
+                    "model %s cannot be served yet (%s); still serving %s",
+                    manifest.model_version,
+                    exc,
+                    current,
+                )
+            return False
+        self.scorer = scorer
+        self.metrics.inc("model_reloads")
+        log.info("now serving model %s (was %s)", scorer.model_version, current)
+        return True
 
     async def on_stop(self) -> None:
         """Publish what is pending; anything not acked is redelivered on restart."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         if self.batcher is not None:
             try:
                 await self.batcher.stop()
@@ -85,8 +157,7 @@ class ScoringPipeline(Service):
         assert self.batcher is not None, "submit() before the pipeline started"
         await self.batcher.add(user_id, context, trigger, ack)
 
-    async def _publish(self, batch: Batch, outcome: list[RankedList] | BaseException) -> None:
-        assert self.scorer is not None
+    async def _publish(self, batch: Batch, outcome: ScoredBatch | BaseException) -> None:
         if isinstance(outcome, BaseException):
             # The contexts are stored; the users' next events rescore them. Acking keeps
             # the partition's commits moving instead of replaying it forever.
@@ -99,8 +170,8 @@ class ScoringPipeline(Service):
             self.metrics.inc("users_failed", len(batch.users))
         else:
             generated = now_ms()
-            version = self.scorer.model_version
-            for user, ranked in zip(batch.users, outcome, strict=True):
+            version = outcome.model_version
+            for user, ranked in zip(batch.users, outcome.lists, strict=True):
                 rec = Recommendation(
                     user_id=user.user_id,
                     items=ranked,

@@ -242,7 +242,8 @@ def replay(
     users = by_user(events)
     runs = []
     for model_dir in model_dirs:
-        model_settings = settings.with_overrides(model_dir=model_dir)
+        # a backtest scores with one model from start to end: no reloading
+        model_settings = settings.with_overrides(model_dir=model_dir, model_reload_s=0.0)
         load_manifest(model_dir)  # fail early, with the manifest's message
         bar = tqdm(total=len(events), desc=f"replay {Path(model_dir).name}", disable=not progress)
         with bar:

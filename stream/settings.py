@@ -81,6 +81,11 @@ class Settings:
     intra_op_threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
     top_k: int = _setting(20, "Items per recommendation list.")
     query_cache_size: int = _setting(10000, "Distinct search queries whose vectors are cached.")
+    model_reload_s: float = _setting(
+        10.0,
+        "How often the worker checks the model directory for a new model version and switches "
+        "to it without a restart; 0 turns the check off.",
+    )
     diversity: float = _setting(
         0.0,
         "Diversity re-ranking weight λ in [0, 1] (maximal marginal relevance over the model's "
@@ -187,6 +192,9 @@ class Settings:
                 "STREAMREC_BATCH_MAX_WAIT_MS and STREAMREC_SESSION_TIMEOUT_S must be > 0, got "
                 f"{self.batch_max_wait_ms!r} and {self.session_timeout_s!r}"
             )
+            raise ConfigError(msg)
+        if self.model_reload_s < 0:
+            msg = f"STREAMREC_MODEL_RELOAD_S must be >= 0, got {self.model_reload_s!r}"
             raise ConfigError(msg)
         if not 0.0 <= self.diversity <= 1.0:
             msg = f"STREAMREC_DIVERSITY must be between 0 and 1, got {self.diversity!r}"

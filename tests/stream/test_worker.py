@@ -255,3 +255,56 @@ def test_worker_refuses_a_model_directory_it_cannot_serve(damage, tiny_model_dir
     assert result.returncode != 0
     assert "cannot start the worker" in result.stderr
     assert ("make model" if damage == "missing" else "ranker.onnx has sha256") in (result.stderr)
+
+
+def test_a_new_model_version_takes_over_without_a_restart(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    live = worker_factory(STREAMREC_MODEL_DIR=str(model), STREAMREC_MODEL_RELOAD_S="0.5").start()
+    s = live.settings
+    wait_until_ready(live)
+    events = sample_events(datasets_dir, users=20, per_user=20)
+    before, after = events[: len(events) // 2], events[len(events) // 2 :]
+    produce(
+        broker.bootstrap_servers,
+        s.events_topic,
+        [(e.user_id.encode(), e.to_json()) for e in before],
+    )
+    old = load_manifest(model).model_version
+
+    # a half-written directory (manifest naming a file being copied) is not taken up
+    (model / "ranker.onnx").write_bytes(b"partial copy")
+    manifest = orjson.loads((model / "manifest.json").read_bytes())
+    manifest["model_version"] = "reloaded-v2"
+    (model / "manifest.json.tmp").write_bytes(orjson.dumps(manifest))
+    (model / "manifest.json.tmp").replace(model / "manifest.json")
+    time.sleep(2)
+    assert get_json(f"{live.web}/stats/")[1]["model_version"] == old
+    # the copy completes: the worker switches without a restart
+    shutil.copyfile(tiny_model_dir / "ranker.onnx", model / "ranker.onnx")
+    deadline = time.monotonic() + 30
+    while get_json(f"{live.web}/stats/")[1]["model_version"] != "reloaded-v2":
+        assert time.monotonic() < deadline, live.log_text()[-3000:]
+        time.sleep(0.2)
+
+    produce(
+        broker.bootstrap_servers, s.events_topic, [(e.user_id.encode(), e.to_json()) for e in after]
+    )
+    # a user's events scored in one batch share one list (the newest's): check each user's last
+    last_before = {e.user_id: e.event_id for e in before}
+    last_after = {e.user_id: e.event_id for e in after}
+    wanted = set(last_before.values()) | set(last_after.values())
+    got = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: wanted <= set(lists_by_trigger(got[s.recommendations_topic])),
+    )
+    lists = lists_by_trigger(got[s.recommendations_topic])
+    assert wanted <= set(lists)  # every user's events are reflected across the switch
+    assert {lists[e].model_version for e in last_before.values()} == {old}
+    after_ids = {e.event_id for e in after}
+    assert {r.model_version for t, r in lists.items() if t in after_ids} == {"reloaded-v2"}
+    text = live.log_text()
+    assert "cannot be served yet" in text and "now serving model reloaded-v2" in text
