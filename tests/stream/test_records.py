@@ -4,6 +4,8 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
 from stream.records import Event, Limits, Recommendation, dead_letter, parse_event
@@ -111,3 +113,42 @@ def test_dead_letter_keeps_a_safe_prefix():
     assert len(letter["payload_b64"]) < 25_000
     jsonschema.validate(letter, json.loads((SCHEMAS / "dead_letter.v1.json").read_text()))
     assert isinstance(Event("e", "u", "click", 1, item_id="i"), Event)
+
+
+def _json(value):
+    return json.dumps(value).encode()  # stdlib: big ints and non-finite floats too
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 2, "1", None]),
+        "event_id": st.text(max_size=300) | st.integers(),
+        "user_id": st.just("u") | st.text(max_size=300),
+        "type": st.sampled_from(["click", "search", "purchase", "view", "", None]),
+        "item_id": st.text(max_size=300) | st.integers() | st.none(),
+        "query": st.text(max_size=1100) | st.none(),
+        "ts": st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | st.text(),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.binary(max_size=300) | json_values.map(_json) | event_like.map(_json))
+def test_any_input_is_an_event_or_a_named_rejection(raw):
+    """Fuzz: whatever arrives, the parser returns a valid event or raises InvalidEvent."""
+    try:
+        ev = parse_event(raw, b"u")
+    except InvalidEvent as exc:
+        assert exc.reason and " " not in exc.reason
+        return
+    assert ev.user_id == "u" and ev.type in ("click", "search", "purchase")
+    assert 0 <= ev.ts and len(ev.event_id) <= Limits().max_id_chars
