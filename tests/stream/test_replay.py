@@ -90,6 +90,28 @@ def test_command_writes_the_report_and_compares_two_models(tiny_model_dir, movie
     assert "| metric | A | B |" in (out / "summary.md").read_text()
 
 
+def test_open_loop_broker_replay_paces_the_log_and_lists_may_coalesce(
+    tiny_model_dir, movielens, broker, tmp_path
+):
+    log = movielens[:2000]
+    settings = seen_settings(tiny_model_dir)
+    [run] = replay(
+        log,
+        [str(tiny_model_dir)],
+        settings,
+        via_kafka=True,
+        broker=broker.url,
+        speed=1e6,
+        work_dir=tmp_path,
+        progress=False,
+    )
+    newest = {e.user_id: e.event_id for e in log}
+    assert set(newest.values()) <= run.lists.keys()  # every user's last event is reflected
+    assert len(run.sent) == len(log) and len(run.lists) <= len(log)
+    report = build_report(log, [run], final_only=False, skipped={}, settings=settings, speed=1e6)
+    assert report["protocol"]["pacing"] == "open loop at 1e+06x recorded pace"
+
+
 def test_speed_needs_a_broker(tiny_model_dir, movielens):
     from stream.errors import StreamrecError
 
