@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from model_export.data import movielens_events
 from stream.broker import EmbeddedBroker
+from stream.context import UserContext
 from stream.manifest import load_manifest
 from stream.records import Event, Recommendation
 from tests.conftest import Worker
@@ -308,3 +310,54 @@ def test_a_new_model_version_takes_over_without_a_restart(
     assert {r.model_version for t, r in lists.items() if t in after_ids} == {"reloaded-v2"}
     text = live.log_text()
     assert "cannot be served yet" in text and "now serving model reloaded-v2" in text
+
+
+@pytest.mark.skip(
+    reason="1 run in 10 here ended with some users' newest event unreflected after the restart; "
+    "cause not found yet (issue 6), so the guarantee is not claimed"
+)
+def test_kill_9_mid_stream_loses_no_context_and_no_list(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
+) -> None:
+    from stream.context import ContextLimits, update_context
+
+    events = sample_events(datasets_dir, users=100, per_user=40)
+    assert len(events) >= 3000
+    first = worker_factory().start()
+    s = first.settings
+    wait_until_ready(first)
+    produce(
+        broker.bootstrap_servers,
+        s.events_topic,
+        [(e.user_id.encode(), e.to_json()) for e in events],
+    )
+    consume_until(  # mid-stream: some lists are out, most events are not yet handled
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: len(got[s.recommendations_topic]) >= 100,
+    )
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    second = first.start()  # same group, topics and changelog; a new process with empty memory
+    wait_until_ready(second, timeout=90)
+    last = {e.user_id: e.event_id for e in events}
+    got = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+    )
+    received = [Recommendation.from_json(v) for _, v in got[s.recommendations_topic]]
+    # at-least-once: every user's newest event is reflected by a list; duplicates share a trigger
+    missing = set(last.values()) - {r.trigger_event_id for r in received}
+    assert not missing, (len(missing), get_json(f"{second.web}/stats/")[1])
+    duplicates = len(received) - len({r.trigger_event_id for r in received})
+    print(f"events {len(events)}, lists {len(received)}, duplicate triggers {duplicates}")
+    # every context equals the crash-free fold of the user's events
+    crash_free: dict[str, bytes] = {}
+    for ev in events:
+        update_context(crash_free, ev, ContextLimits.from_settings(s))
+    for user in list(last)[::10]:
+        status, body = get_json(f"{second.web}/context/{user}/")
+        assert status == 200, second.log_text()[-3000:]
+        expected = UserContext.from_bytes(crash_free[user])
+        assert body["events"] == [list(e) for e in expected.events]
+        assert tuple(body["purchased"]) == expected.purchased
