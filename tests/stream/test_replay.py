@@ -35,6 +35,20 @@ def seen_settings(model_dir):
     return Settings().with_overrides(model_dir=str(model_dir), exclude="seen")
 
 
+def broker_replay(log, model_dir, broker, work_dir, speed=0.0):
+    [run] = replay(
+        log,
+        [str(model_dir)],
+        seen_settings(model_dir),
+        via_kafka=True,
+        broker=broker.url,
+        speed=speed,
+        work_dir=work_dir,
+        progress=False,
+    )
+    return run
+
+
 def test_final_only_in_process_equals_model_export_evaluate(tiny_model_dir, movielens):
     log = users_log(movielens, max_events_per_user=10_000, at_least=12_000)
     settings = seen_settings(tiny_model_dir)
@@ -54,15 +68,7 @@ def test_broker_mode_gives_the_in_process_lists(tiny_model_dir, movielens, broke
     assert len(log) >= 20_000
     settings = seen_settings(tiny_model_dir)
     [local] = replay(log, [str(tiny_model_dir)], settings, progress=False)
-    [remote] = replay(
-        log,
-        [str(tiny_model_dir)],
-        settings,
-        via_kafka=True,
-        broker=broker.url,
-        work_dir=tmp_path,
-        progress=False,
-    )
+    remote = broker_replay(log, tiny_model_dir, broker, tmp_path)
     assert remote.mode == "kafka" and len(remote.lists) == len(log)
     assert remote.lists == local.lists  # every event's list, item for item
     figures = [
@@ -95,16 +101,7 @@ def test_open_loop_broker_replay_paces_the_log_and_lists_may_coalesce(
 ):
     log = movielens[:2000]
     settings = seen_settings(tiny_model_dir)
-    [run] = replay(
-        log,
-        [str(tiny_model_dir)],
-        settings,
-        via_kafka=True,
-        broker=broker.url,
-        speed=1e6,
-        work_dir=tmp_path,
-        progress=False,
-    )
+    run = broker_replay(log, tiny_model_dir, broker, tmp_path, speed=1e6)
     newest = {e.user_id: e.event_id for e in log}
     assert set(newest.values()) <= run.lists.keys()  # every user's last event is reflected
     assert len(run.sent) == len(log) and len(run.lists) <= len(log)
