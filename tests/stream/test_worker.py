@@ -361,3 +361,61 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         expected = UserContext.from_bytes(crash_free[user])
         assert body["events"] == [list(e) for e in expected.events]
         assert tuple(body["purchased"]) == expected.purchased
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_ten_thousand_hostile_messages_between_good_traffic(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
+) -> None:
+    from collections import Counter
+
+    from tests.hostile import hostile_messages
+
+    live = worker_factory().start()
+    s = live.settings
+    wait_until_ready(live)
+    assert live.process is not None
+    rss_before = rss_mb(live.process.pid)
+    events = sample_events(datasets_dir, users=50, per_user=24)
+    odd_user = "用户-🙂-عربى"  # valid but unusual: CJK, emoji, Arabic (ids must be printable)
+    events += [
+        Event("odd-1", odd_user, "click", 1_000, item_id="no-such-item"),  # unknown item
+        Event("odd-2", odd_user, "search", 1_001, query="ñandú 🎬 \u0000 zero"),
+        Event("odd-3", odd_user, "click", 1_002, item_id="50"),
+    ]
+    bad = hostile_messages(10_000)
+    good = [(e.user_id.encode(), e.to_json()) for e in events]
+    messages = [(key, value) for key, value, _ in bad]
+    for i, message in enumerate(good):  # good traffic spread through the hostile stream
+        messages.insert(i * 9, message)
+    produce(broker.bootstrap_servers, s.events_topic, messages)
+    last = {e.user_id: e.event_id for e in events}
+    got = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic, s.dlq_topic],
+        lambda got: (
+            len(got[s.dlq_topic]) >= len(bad)
+            and set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
+        ),
+        timeout=180,
+    )
+    assert live.process.poll() is None, live.log_text()[-3000:]  # no crash
+    letters = [orjson.loads(v) for _, v in got[s.dlq_topic]]
+    assert len(letters) == len(bad)
+    reasons = Counter(letter["reason"] for letter in letters)
+    expected = Counter(reason for _, _, reason in bad if reason is not None)
+    assert not expected - reasons, expected - reasons  # each kind rejected for its reason
+    # a safe prefix of each payload (16 KiB, base64), never a 70 KB one whole
+    assert max(len(v) for _, v in got[s.dlq_topic]) < 25_000
+    lists = lists_by_trigger(got[s.recommendations_topic])
+    assert set(last.values()) <= set(lists)  # good traffic still served
+    assert all(len(lists[e].items) == s.top_k for e in last.values())
+    growth = rss_mb(live.process.pid) - rss_before
+    print(f"dead letters {len(letters)}, lists {len(lists)}, RSS growth {growth:.0f} MB")
+    assert growth < 150, growth  # bounded: nothing of the bad input is kept
