@@ -312,9 +312,10 @@ def test_a_new_model_version_takes_over_without_a_restart(
     assert "cannot be served yet" in text and "now serving model reloaded-v2" in text
 
 
-@pytest.mark.skip(
+@pytest.mark.skipif(
+    os.environ.get("RUN_KILL9_TEST") != "1",
     reason="1 run in 10 here ended with some users' newest event unreflected after the restart; "
-    "cause not found yet (issue 6), so the guarantee is not claimed"
+    "cause not found yet (issue 6), so the guarantee is not claimed",
 )
 def test_kill_9_mid_stream_loses_no_context_and_no_list(
     broker: EmbeddedBroker, worker_factory, datasets_dir: Path
