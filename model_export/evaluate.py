@@ -67,13 +67,13 @@ def evaluate_model_dir(
         if scorer.queries is not None and split.queries
         else {}
     )
+    # Row 0 zeros, then every query of the split in its index order (shared by all batches).
+    query_table = np.zeros((len(split.queries) + 1, manifest.query_dim), dtype=np.float32)
+    for row, query in enumerate(split.queries, start=1):
+        query_table[row] = vectors[query]
     top = np.zeros((len(examples.targets), K), dtype=np.int64)
     for start in range(0, len(examples.targets), batch):
         rows = slice(start, start + batch)
-        query_ids = examples.query_ids[rows]
-        query_vecs = np.zeros((*query_ids.shape, manifest.query_dim), dtype=np.float32)
-        for r, c in zip(*np.nonzero(query_ids >= 0), strict=True):
-            query_vecs[r, c] = vectors[split.queries[query_ids[r, c]]]
         excluded = examples.excluded[rows]
         exclude_ids = np.full((len(excluded), max(1, *map(len, excluded))), PAD_INDEX)
         for r, items in enumerate(excluded):
@@ -83,7 +83,8 @@ def evaluate_model_dir(
                 {
                     "item_ids": examples.item_ids[rows],
                     "event_types": examples.event_types[rows],
-                    "query_vecs": query_vecs,
+                    "query_ids": examples.query_ids[rows] + 1,  # -1 (none) is row 0
+                    "query_table": query_table,
                     "exclude_ids": exclude_ids.astype(np.int64),
                 }
             )

@@ -115,11 +115,14 @@ class HalfRanker(nn.Module):
         self,
         item_ids: torch.Tensor,
         event_types: torch.Tensor,
-        query_vecs: torch.Tensor,
+        query_ids: torch.Tensor,
+        query_table: torch.Tensor,
         exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :meth:`SequenceRanker.forward`, computed in half precision."""
-        scores, indices = self.ranker(item_ids, event_types, query_vecs.half(), exclude_ids)
+        scores, indices = self.ranker(
+            item_ids, event_types, query_ids, query_table.half(), exclude_ids
+        )
         return scores.float(), indices
 
 

@@ -197,10 +197,17 @@ class SequenceRanker(nn.Module):
         self,
         item_ids: torch.Tensor,
         event_types: torch.Tensor,
-        query_vecs: torch.Tensor,
+        query_ids: torch.Tensor,
+        query_table: torch.Tensor,
         exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``max_k`` (scores, item indices), excluded items and padding masked out."""
+        """Top ``max_k`` (scores, item indices), excluded items and padding masked out.
+
+        Search events name a row of ``query_table`` (the batch's distinct query vectors,
+        row 0 zeros) in ``query_ids``; the gather runs inside the graph, so a batch sends
+        one vector per distinct query instead of one per history position.
+        """
+        query_vecs = query_table[query_ids]
         scores = self.logits(item_ids, event_types, query_vecs)
         masked = torch.cat([torch.zeros_like(exclude_ids[:, :1]), exclude_ids], dim=1)
         scores = scores.scatter(1, masked, torch.full(masked.shape, MASK_SCORE, dtype=scores.dtype))

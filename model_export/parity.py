@@ -52,13 +52,17 @@ def ranker_inputs(model: SequenceRanker, batch: int, *, seed: int = 0) -> dict[s
         item_ids[row, : length - n] = 0
         event_types[row, : length - n] = 0
     item_ids[event_types == 2] = 0  # searches name no item
-    query_vecs = rng.normal(0, 0.3, size=(batch, length, cfg.dim)).astype(np.float32)
-    query_vecs[event_types != 2] = 0.0
+    searches = event_types == 2
+    query_table = rng.normal(0, 0.3, size=(int(searches.sum()) + 1, cfg.dim)).astype(np.float32)
+    query_table[0] = 0.0
+    query_ids = np.zeros((batch, length), dtype=np.int64)
+    query_ids[searches] = np.arange(1, len(query_table))
     exclude_ids = rng.integers(0, cfg.num_items + 1, size=(batch, 7), dtype=np.int64)
     return {
         "item_ids": item_ids,
         "event_types": event_types,
-        "query_vecs": query_vecs,
+        "query_ids": query_ids,
+        "query_table": query_table,
         "exclude_ids": exclude_ids,
     }
 

@@ -285,7 +285,9 @@ async def latency_at(
     pct = {
         f"p{q}_ms": float(np.percentile(values, q)) if len(values) else None for q in (50, 95, 99)
     }
-    return {"offered_events_per_s": rate, "lists_measured": len(values), **pct}
+    # Fewer lists than events sent means the worker fell behind (or coalesced a user's
+    # events); none at all means it was still busy with an older backlog.
+    return {"offered_events_per_s": rate, "events_sent": sent, "lists_measured": len(values), **pct}
 
 
 def profile_summary(path: Path, top: int = 15) -> dict:

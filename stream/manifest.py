@@ -23,7 +23,7 @@ from stream.errors import ModelLoadError
 FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 #: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
-FEATURES = "streamrec.history/2"
+FEATURES = "streamrec.history/3"
 #: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
 PAD_INDEX = 0
 #: Model ids of event types in ``event_types`` inputs (0 is padding).
@@ -39,19 +39,21 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-#: Inputs and outputs a ``streamrec.history/2`` ranker must have. ``query_vecs`` holds, for
-#: each search event in the history, its query encoder output (zeros elsewhere).
+#: Inputs and outputs a ``streamrec.history/3`` ranker must have. ``query_table`` holds the
+#: query encoder outputs of a batch's distinct search queries (row 0 zeros); ``query_ids``
+#: names, for each search event in the history, its row (0 elsewhere).
 RANKER_INPUTS = (
     TensorSpec("item_ids", "int64", ("batch", "history")),
     TensorSpec("event_types", "int64", ("batch", "history")),
-    TensorSpec("query_vecs", "float32", ("batch", "history", "query_dim")),
+    TensorSpec("query_ids", "int64", ("batch", "history")),
+    TensorSpec("query_table", "float32", ("queries", "query_dim")),
     TensorSpec("exclude_ids", "int64", ("batch", "excluded")),
 )
 RANKER_OUTPUTS = (
     TensorSpec("scores", "float32", ("batch", "max_k")),
     TensorSpec("indices", "int64", ("batch", "max_k")),
 )
-#: The query encoder: token ids of padded queries in, vectors for ``query_vecs`` out.
+#: The query encoder: token ids of padded queries in, rows for ``query_table`` out.
 QUERY_INPUTS = (
     TensorSpec("input_ids", "int64", ("batch", "tokens")),
     TensorSpec("attention_mask", "int64", ("batch", "tokens")),
@@ -158,7 +160,10 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
         msg = f"{path}: malformed manifest ({type(exc).__name__}: {exc}); rebuild it"
         raise ModelLoadError(msg) from exc
     if manifest.features != FEATURES:
-        msg = f"{path}: feature set {manifest.features!r} is not {FEATURES!r}"
+        msg = (
+            f"{path}: feature set {manifest.features!r} is not {FEATURES!r}; re-export the "
+            "model with this version of model_export (make model)"
+        )
         raise ModelLoadError(msg)
     _check_names(path, "inputs", manifest.inputs, RANKER_INPUTS)
     _check_names(path, "outputs", manifest.outputs, RANKER_OUTPUTS)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+#: The ranker's outputs, in the order :meth:`Scorer.run` returns them.
+RANKER_OUTPUTS = ("scores", "indices")
 #: Scores at or below this are masked items (purchased/seen/padding), never recommended.
 MASKED_SCORE = -1e4
 
@@ -64,6 +66,22 @@ def choose_providers(requested: str) -> list[str]:
     return [CPU]
 
 
+def open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session with the worker's options (full graph optimisation)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # Idle ORT threads would spin on cores the event loop needs; they sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own untyped errors on bad graphs.
+        msg = f"ONNX Runtime cannot load {path}: {exc}; re-export the model directory"
+        raise ModelLoadError(msg) from exc
+
+
 class Scorer:
     """One ONNX Runtime session over a verified model directory.
 
@@ -80,6 +98,7 @@ class Scorer:
         exclude: str = "purchased",
         query_cache_size: int = 10_000,
         diversity: float = 0.0,
+        io_binding: bool | None = None,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(model_dir)
         if top_k > self.manifest.max_k:
@@ -102,12 +121,16 @@ class Scorer:
         providers = choose_providers(provider)
         # The fp16 ranker where a GPU runs it, the fp32 one on CPU.
         role = RANKER_FP16 if CUDA in providers and RANKER_FP16 in self.manifest.files else RANKER
-        self.session = self._open(self._file(model_dir, role), providers, intra_op_threads)
+        self.session = open_session(self._file(model_dir, role), providers, intra_op_threads)
         if role == RANKER_FP16 and CUDA not in self.session.get_providers():
             role = RANKER  # CUDA could not start: fp16 on CPU would be slow and imprecise
-            self.session = self._open(self._file(model_dir, role), [CPU], intra_op_threads)
+            self.session = open_session(self._file(model_dir, role), [CPU], intra_op_threads)
         self.ranker_role = role
         self.providers: list[str] = self.session.get_providers()
+        on_cuda = self.providers[0] == CUDA
+        self._device = "cuda" if on_cuda else "cpu"
+        #: Whether :meth:`run` binds inputs and outputs (on by default where CUDA runs).
+        self.io_binding = on_cuda if io_binding is None else io_binding
         if provider == "cuda" and CUDA not in self.providers:
             log.warning("CUDA was requested but is unavailable here; scoring on CPU instead")
         self.queries: QueryEncoder | None = None
@@ -115,7 +138,7 @@ class Scorer:
         tokenizer_path = self.manifest.path(model_dir, TOKENIZER)
         if encoder_path is not None and tokenizer_path is not None:
             self.queries = QueryEncoder(
-                self._open(encoder_path, providers, intra_op_threads),
+                open_session(encoder_path, providers, intra_op_threads),
                 load_tokenizer(tokenizer_path, self.manifest.query_max_tokens),
                 cache_size=query_cache_size,
             )
@@ -155,21 +178,6 @@ class Scorer:
         """Version string stamped on every list this scorer produces."""
         return self.manifest.model_version
 
-    @staticmethod
-    def _open(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle ORT threads would spin on cores the event loop needs; they sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            return ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own untyped errors on bad graphs.
-            msg = f"ONNX Runtime cannot load {path}: {exc}; re-export the model directory"
-            raise ModelLoadError(msg) from exc
-
     def item_index(self, item_id: str | None) -> int:
         """Model index of an item id (0 for unknown or absent)."""
         return self._index.get(item_id, PAD_INDEX) if item_id is not None else PAD_INDEX
@@ -179,7 +187,7 @@ class Scorer:
         batch, history = len(contexts), self._history
         item_ids = np.zeros((batch, history), dtype=np.int64)
         event_types = np.zeros((batch, history), dtype=np.int64)
-        query_vecs = np.zeros((batch, history, self.manifest.query_dim), dtype=np.float32)
+        query_ids = np.zeros((batch, history), dtype=np.int64)
         searches: list[tuple[int, int, str]] = []
         excluded = [
             [self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts
@@ -195,20 +203,38 @@ class Scorer:
                 if ev.query:
                     searches.append((row, col, ev.query))
             exclude_ids[row, : len(excluded[row])] = excluded[row]
+        query_table = np.zeros((1, self.manifest.query_dim), dtype=np.float32)
         if searches and self.queries is not None:
             vectors = self.queries.encode([q for _, _, q in searches])
+            rows = {query: row for row, query in enumerate(vectors, start=1)}
+            query_table = np.vstack([query_table, *vectors.values()])
             for row, col, query in searches:
-                query_vecs[row, col] = vectors[query]
+                query_ids[row, col] = rows[query]
         return {
             "item_ids": item_ids,
             "event_types": event_types,
-            "query_vecs": query_vecs,
+            "query_ids": query_ids,
+            "query_table": query_table,
             "exclude_ids": exclude_ids,
         }
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Run the ranker on prepared inputs; returns (scores, indices), best first."""
-        scores, indices = self.session.run(["scores", "indices"], inputs)
+        """Run the ranker on prepared inputs; returns (scores, indices), best first.
+
+        On CUDA the inputs and outputs go through an IO binding: one host-to-device copy
+        per input, the outputs stay on the device until the top-k lists are copied back,
+        and ORT allocates no intermediate host buffers.
+        """
+        if not self.io_binding:
+            scores, indices = self.session.run(list(RANKER_OUTPUTS), inputs)
+            return scores, indices
+        binding = self.session.io_binding()  # one per call: scoring threads run concurrently
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in RANKER_OUTPUTS:
+            binding.bind_output(name, self._device)
+        self.session.run_with_iobinding(binding)
+        scores, indices = binding.copy_outputs_to_cpu()
         return scores, indices
 
     def decode(self, scores: np.ndarray, indices: np.ndarray) -> list[RankedList]:

@@ -61,13 +61,15 @@ def test_parity_inputs_cover_short_empty_and_search_histories():
     assert lengths[0] == 1 and lengths[1] == 0 and len(np.unique(lengths)) > 3
     searches = inputs["event_types"] == 2
     assert searches.any() and (inputs["item_ids"][searches] == 0).all()
-    assert (inputs["query_vecs"][~searches] == 0).all()
+    assert (inputs["query_ids"][~searches] == 0).all() and (inputs["query_ids"][searches] > 0).all()
+    assert not inputs["query_table"][0].any() and len(inputs["query_table"]) == searches.sum() + 1
 
 
 def test_an_empty_history_scores_finite_values():
     ranker = small_ranker()
     zeros = torch.zeros(1, 6, dtype=torch.int64)
-    scores, _ = ranker(zeros, zeros, torch.zeros(1, 6, 8), torch.zeros(1, 1, dtype=torch.int64))
+    no_queries = torch.zeros(1, 8)
+    scores, _ = ranker(zeros, zeros, zeros, no_queries, torch.zeros(1, 1, dtype=torch.int64))
     assert torch.isfinite(scores).all()
 
 

@@ -28,7 +28,8 @@ def test_a_written_directory_loads(tiny_model_dir):
     assert [s.name for s in manifest.inputs] == [
         "item_ids",
         "event_types",
-        "query_vecs",
+        "query_ids",
+        "query_table",
         "exclude_ids",
     ]
     assert set(manifest.files) == {

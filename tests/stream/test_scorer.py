@@ -97,7 +97,9 @@ def test_search_events_change_the_list_and_repeated_queries_hit_the_cache(scorer
     scorer.score([searched])
     assert scorer.queries.hits == hits + 1
     inputs = scorer.encode([searched])
-    assert inputs["query_vecs"][0, -1].any() and not inputs["query_vecs"][0, :-1].any()
+    assert inputs["query_ids"][0, -1] == 1 and not inputs["query_ids"][0, :-1].any()
+    assert inputs["query_table"].shape == (2, scorer.manifest.query_dim)
+    assert inputs["query_table"][1].any() and not inputs["query_table"][0].any()
 
 
 def test_diversity_reorders_the_same_candidates_into_a_more_varied_list(tiny_model_dir, scorer):
@@ -138,3 +140,18 @@ def test_diversity_without_item_vectors_says_what_to_do(tiny_model_dir, tmp_path
 
 def test_the_fp32_ranker_serves_on_cpu(scorer):
     assert scorer.ranker_role == "ranker" and scorer.providers == [CPU]
+
+
+def test_io_binding_gives_the_plain_runs_results(tiny_model_dir, scorer):
+    """The CUDA path binds inputs and outputs; on CPU the same code must give the same lists."""
+    bound = Scorer(tiny_model_dir, provider="cpu", top_k=20, io_binding=True)
+    assert not scorer.io_binding and bound.io_binding
+    contexts = [
+        context_of(click(1, "50"), click(2, "172"), search(3, "star wars")),
+        context_of(click(4, "1", kind="purchase")),
+    ]
+    plain = scorer.run(scorer.encode(contexts))
+    via_binding = bound.run(bound.encode(contexts))
+    for a, b in zip(plain, via_binding, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)

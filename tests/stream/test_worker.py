@@ -349,7 +349,11 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
     received = [Recommendation.from_json(v) for _, v in got[s.recommendations_topic]]
     # at-least-once: every user's newest event is reflected by a list; duplicates share a trigger
     missing = set(last.values()) - {r.trigger_event_id for r in received}
-    assert not missing, (len(missing), get_json(f"{second.web}/stats/")[1])
+    assert not missing, (
+        len(missing),
+        get_json(f"{second.web}/stats/")[1]["counters"],
+        group_offsets(broker, s.app_id, s.events_topic, s.topic_partitions),
+    )
     duplicates = len(received) - len({r.trigger_event_id for r in received})
     print(f"events {len(events)}, lists {len(received)}, duplicate triggers {duplicates}")
     # every context equals the crash-free fold of the user's events
@@ -362,6 +366,34 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         expected = UserContext.from_bytes(crash_free[user])
         assert body["events"] == [list(e) for e in expected.events]
         assert tuple(body["purchased"]) == expected.purchased
+
+
+def group_offsets(
+    broker: EmbeddedBroker, group: str, topic: str, partitions: int
+) -> dict[str, object]:
+    """The group's committed offsets and the topic's end offsets (for failure messages)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> dict[str, object]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
+            ends = await consumer.end_offsets(partitions)
+            return {
+                "committed": {tp.partition: await consumer.committed(tp) for tp in partitions},
+                "end": {tp.partition: ends[tp] for tp in partitions},
+            }
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
 
 
 def rss_mb(pid: int) -> float:
