@@ -162,6 +162,28 @@ def table_recovered() -> bool:
     return recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
 
 
+def consumer_lag() -> int:
+    """Input events on this worker's partitions not yet read (broker high watermark − next read).
+
+    Faust keeps the last read offset per partition privately; this is the figure an operator
+    watches during a broker outage or a slow model (it grows, then drains).
+    """
+    consumer = app.consumer
+    read = getattr(consumer, "_read_offset", {})
+    lag = 0
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != settings.events_topic:
+            continue
+        try:
+            highwater = consumer.highwater(tp)  # None until a fetch of it was answered
+        except AssertionError:  # revoked a moment ago (aiokafka asserts the assignment)
+            highwater = None
+        if highwater is not None:
+            last = read.get(tp)
+            lag += max(0, highwater - (last + 1 if last is not None else 0))
+    return lag
+
+
 def stats() -> dict[str, Any]:
     """The worker's figures: readiness, counters, summaries, model, providers, pending users.
 
@@ -178,6 +200,7 @@ def stats() -> dict[str, Any]:
         "providers": scorer.providers if scorer else [],
         "pending_users": pipeline.batcher.pending_users if pipeline.batcher else 0,
         "table_users": len(contexts),
+        "consumer_lag": consumer_lag(),
     }
 
 
@@ -191,7 +214,7 @@ class StatsView(View):
 
 
 @app.page("/context/{user_id}/")
-@app.table_route(table=contexts, match_info="user_id")
+@app.topic_route(topic=events_topic, match_info="user_id")
 async def context_view(web: Any, request: Request, user_id: str) -> Response:
     """What the worker remembers of one user (routed to the worker owning its partition)."""
     if not table_recovered():
@@ -205,4 +228,6 @@ async def context_view(web: Any, request: Request, user_id: str) -> Response:
 @app.timer(interval=10.0)
 async def log_stats() -> None:
     """Log the counters every 10 s."""
-    log.info("stats %s", orjson.dumps(metrics.snapshot()["counters"]).decode())
+    log.info(
+        "stats lag=%d %s", consumer_lag(), orjson.dumps(metrics.snapshot()["counters"]).decode()
+    )

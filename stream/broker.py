@@ -74,8 +74,11 @@ class EmbeddedBroker:
         *,
         binary: str = "",
         log_file: IO[bytes] | int | None = subprocess.DEVNULL,
+        advertised_port: int = 0,
     ) -> None:
+        """``advertised_port``: the port clients are told to connect to (a proxy in front)."""
         self.requested_port = port
+        self.advertised_port = advertised_port
         self.port = port
         self.binary = find_tansu(binary)
         self.log_file = log_file
@@ -104,6 +107,7 @@ class EmbeddedBroker:
                 msg = f"port {self.port} on {HOST} is already in use; pick another with --port"
                 raise BrokerError(msg)
             listener = f"tcp://{HOST}:{self.port}"
+            advertised = f"tcp://{HOST}:{self.advertised_port or self.port}"
             self.process = subprocess.Popen(
                 [
                     str(self.binary),
@@ -111,7 +115,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     listener,
                     "--advertised-listener-url",
-                    listener,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

@@ -162,7 +162,9 @@ def test_librdkafka_client_feeds_events_and_reads_lists(
 ) -> None:
     confluent_kafka = pytest.importorskip("confluent_kafka")
     s = worker.settings
-    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers})
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": broker.bootstrap_servers, "partitioner": "murmur2_random"}
+    )
     now = int(time.time() * 1000)
     for i in range(5):
         ev = Event(f"ck-{i}", f"ck-user-{i}", "click", now, item_id=str(100 + i))
@@ -320,8 +322,6 @@ def test_a_new_model_version_takes_over_without_a_restart(
 def test_kill_9_mid_stream_loses_no_context_and_no_list(
     broker: EmbeddedBroker, worker_factory, datasets_dir: Path
 ) -> None:
-    from stream.context import ContextLimits, update_context
-
     events = sample_events(datasets_dir, users=100, per_user=40)
     assert len(events) >= 3000
     first = worker_factory().start()
@@ -337,6 +337,7 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         [s.recommendations_topic],
         lambda got: len(got[s.recommendations_topic]) >= 100,
     )
+    killed_at = time.time_ns() // 1_000_000
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
     second = first.start()  # same group, topics and changelog; a new process with empty memory
     wait_until_ready(second, timeout=90)
@@ -353,19 +354,50 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         len(missing),
         get_json(f"{second.web}/stats/")[1]["counters"],
         group_offsets(broker, s.app_id, s.events_topic, s.topic_partitions),
+        where_missing(broker, s, missing, events, received, killed_at),
     )
     duplicates = len(received) - len({r.trigger_event_id for r in received})
     print(f"events {len(events)}, lists {len(received)}, duplicate triggers {duplicates}")
     # every context equals the crash-free fold of the user's events
-    crash_free: dict[str, bytes] = {}
-    for ev in events:
-        update_context(crash_free, ev, ContextLimits.from_settings(s))
-    for user in list(last)[::10]:
-        status, body = get_json(f"{second.web}/context/{user}/")
-        assert status == 200, second.log_text()[-3000:]
-        expected = UserContext.from_bytes(crash_free[user])
-        assert body["events"] == [list(e) for e in expected.events]
-        assert tuple(body["purchased"]) == expected.purchased
+    assert_contexts_match_a_fold(second, events, list(last)[::10])
+
+
+def where_missing(broker, s, missing, events, received, killed_at) -> dict[str, object]:
+    """For each missing trigger: its partition/offset, the user's last events and lists."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def offsets() -> dict[str, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            s.events_topic, bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        found: dict[str, tuple[int, int]] = {}
+        try:
+            for _ in range(20):
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    for r in records:
+                        found[orjson.loads(r.value)["event_id"]] = (tp.partition, r.offset)
+        finally:
+            await consumer.stop()
+        return found
+
+    at = asyncio.run(offsets())
+    report: dict[str, object] = {"killed_at": killed_at}
+    for trigger in missing:
+        user = next(e.user_id for e in events if e.event_id == trigger)
+        mine = [e.event_id for e in events if e.user_id == user]
+        report[trigger] = {
+            "at": at.get(trigger),
+            "user_events_tail": [(e, at.get(e)) for e in mine[-4:]],
+            "lists": [
+                (r.trigger_event_id, at.get(r.trigger_event_id), r.generated_ts - killed_at)
+                for r in received
+                if r.user_id == user
+            ][-6:],
+        }
+    return report
 
 
 def group_offsets(
@@ -452,3 +484,266 @@ def test_ten_thousand_hostile_messages_between_good_traffic(
     growth = rss_mb(live.process.pid) - rss_before
     print(f"dead letters {len(letters)}, lists {len(lists)}, RSS growth {growth:.0f} MB")
     assert growth < 150, growth  # bounded: nothing of the bad input is kept
+
+
+SLOW_SCORER = '''"""Test-only fault: every scoring call takes 100 ms longer than the model needs."""
+import time
+
+import stream.scorer
+
+_score = stream.scorer.Scorer.score
+
+
+def _slow(self, contexts):
+    time.sleep(0.1)
+    return _score(self, contexts)
+
+
+stream.scorer.Scorer.score = _slow
+'''
+
+
+@pytest.mark.slow
+def test_a_slow_model_backs_up_into_kafka_not_into_memory(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """Inference far slower than arrivals: the backlog waits in the topic, memory stays flat."""
+    fault = tmp_path / "slow-model"
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(SLOW_SCORER)
+    pythonpath = os.pathsep.join(p for p in (str(fault), os.environ.get("PYTHONPATH")) if p)
+    live = worker_factory(
+        PYTHONPATH=pythonpath, STREAMREC_BATCH_MAX_USERS="16", STREAMREC_BATCH_MAX_EVENTS="64"
+    ).start()
+    s = live.settings
+    wait_until_ready(live)
+    assert live.process is not None
+    rss_before = rss_mb(live.process.pid)
+    events = sample_events(datasets_dir, users=400, per_user=50)
+    assert len(events) >= 15_000
+    produce(
+        broker.bootstrap_servers,
+        s.events_topic,
+        [(e.user_id.encode(), e.to_json()) for e in events],
+    )
+    last = {e.user_id: e.event_id for e in events}
+    samples: list[tuple[float, int, int, float]] = []  # (t, lag, pending users, RSS MB)
+    started = time.monotonic()
+    while time.monotonic() - started < 240:
+        body = get_json(f"{live.web}/stats/")[1]
+        samples.append(
+            (
+                time.monotonic() - started,
+                body["consumer_lag"],
+                body["pending_users"],
+                rss_mb(live.process.pid),
+            )
+        )
+        if body["counters"].get("events_in", 0) >= len(events) and body["consumer_lag"] == 0:
+            break
+        time.sleep(1.0)
+    got = consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+        timeout=60,
+    )
+    assert live.process.poll() is None, live.log_text()[-3000:]
+    body = get_json(f"{live.web}/stats/")[1]
+    counters, summaries = body["counters"], body["summaries"]
+    lists = lists_by_trigger(got[s.recommendations_topic])
+    assert set(last.values()) <= set(lists)  # nothing lost: every user's newest event served
+    peak_lag = max(lag for _, lag, _, _ in samples)
+    growth = max(rss for *_, rss in samples) - rss_before
+    print(
+        f"events {len(events)}, lists {counters['lists_out']}, coalesced "
+        f"{counters.get('events_coalesced', 0)}, peak lag {peak_lag}, RSS growth {growth:.0f} MB, "
+        f"drained in {samples[-1][0]:.0f} s"
+    )
+    # backpressure: the worker left most of the backlog in Kafka instead of reading it in
+    assert peak_lag >= len(events) // 2, samples[:5]
+    assert max(pending for _, _, pending, _ in samples) <= 16
+    assert summaries["batch_users"]["max"] <= 16
+    # graceful: a user's events that wait together are folded into one list
+    assert counters.get("events_coalesced", 0) > 0 and counters["lists_out"] < len(events)
+    assert growth < 100, samples
+
+
+class Endpoint:
+    """Where clients are told to connect: the proxy in front of a broker."""
+
+    def __init__(self, port: int) -> None:
+        self.bootstrap_servers = f"127.0.0.1:{port}"
+        self.url = f"kafka://{self.bootstrap_servers}"
+
+
+def assert_contexts_match_a_fold(worker: Worker, events: list[Event], users) -> None:
+    """The worker's context of each of ``users`` equals the fold of all their events."""
+    from stream.context import ContextLimits, update_context
+
+    folded: dict[str, bytes] = {}
+    for ev in events:
+        update_context(folded, ev, ContextLimits.from_settings(worker.settings))
+    for user in users:
+        status, body = get_json(f"{worker.web}/context/{user}/")
+        assert status == 200, (user, status, body, worker.log_text()[-3000:])
+        expected = UserContext.from_bytes(folded[user])
+        assert expected is not None
+        assert body["events"] == [list(e) for e in expected.events]
+        assert tuple(body["purchased"]) == expected.purchased
+
+
+@pytest.mark.slow
+def test_a_broker_outage_loses_nothing_and_the_worker_catches_up(
+    tiny_model_dir: Path, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """The worker's link to the broker is cut for 15 s while events keep arriving."""
+    from stream.broker import free_port
+    from tests.kafka_proxy import KafkaProxy
+
+    proxy_port = free_port()
+    log = (tmp_path / "broker.log").open("wb")
+    with (
+        EmbeddedBroker(log_file=log, advertised_port=proxy_port) as real,
+        KafkaProxy(real.port, proxy_port) as proxy,
+    ):
+        front = Endpoint(proxy_port)
+        live = Worker(front, tiny_model_dir, tmp_path).start()
+        try:
+            s = live.settings
+            wait_until_ready(live)
+            events = sample_events(datasets_dir, users=60, per_user=30)
+            third = len(events) // 3
+            before, during, after = events[:third], events[third : 2 * third], events[2 * third :]
+
+            def send(batch: list[Event]) -> None:
+                produce(
+                    front.bootstrap_servers,
+                    s.events_topic,
+                    [(e.user_id.encode(), e.to_json()) for e in batch],
+                )
+
+            send(before)
+            last_before = {e.user_id: e.event_id for e in before}
+            consume_until(
+                front.bootstrap_servers,
+                [s.recommendations_topic],
+                lambda got: (
+                    set(last_before.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
+                ),
+            )
+            in_before = get_json(f"{live.web}/stats/")[1]["counters"]["events_in"]
+            proxy.cut("faust")  # the worker's clients only: producers and readers still reach it
+            cut_at = time.monotonic()
+            send(during)  # events keep arriving while the worker cannot see the broker
+            time.sleep(max(0.0, 15.0 - (time.monotonic() - cut_at)))
+            assert live.process is not None and live.process.poll() is None, live.log_text()[-3000:]
+            stalled = get_json(f"{live.web}/stats/")[1]
+            assert stalled["counters"]["events_in"] == in_before  # nothing read through the cut
+            proxy.restore()
+            restored_at = time.monotonic()
+            send(after)
+            last = {e.user_id: e.event_id for e in events}
+            lags = []
+
+            def caught_up(got) -> bool:
+                lags.append(get_json(f"{live.web}/stats/")[1]["consumer_lag"])
+                return set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic]))
+
+            got = consume_until(
+                front.bootstrap_servers, [s.recommendations_topic], caught_up, timeout=180
+            )
+            recovery_s = time.monotonic() - restored_at
+            assert live.process.poll() is None, live.log_text()[-3000:]
+            lists = lists_by_trigger(got[s.recommendations_topic])
+            assert set(last.values()) <= set(lists), live.log_text()[-3000:]
+            assert_contexts_match_a_fold(live, events, list(last)[::6])
+            print(
+                f"events {len(events)} ({len(during)} during the 15 s cut), lists "
+                f"{len(got[s.recommendations_topic])}, refused connections {proxy.refused}, "
+                f"caught up {recovery_s:.1f} s after the link returned, peak lag seen {max(lags)}"
+            )
+            assert proxy.refused > 0  # the worker did try to reconnect during the cut
+        finally:
+            live.stop()
+
+
+@pytest.mark.slow
+def test_scale_out_to_three_workers_and_back_to_two(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """Two workers share the group; a third joins, then one leaves: every user keeps lists."""
+    from stream.broker import free_port
+
+    # 6 partitions: Faust's sticky assignor gives a newcomer partitions only once the others
+    # hold more than their share (with 4 over 3 workers, 2 + 2 + 0 counts as balanced).
+    first = worker_factory(STREAMREC_TOPIC_PARTITIONS="6")
+    shared = {
+        k: v for k, v in first.env.items() if k not in ("STREAMREC_WEB_PORT", "STREAMREC_DATA_DIR")
+    }
+
+    def another(name: str) -> Worker:
+        return worker_factory(
+            **shared,
+            STREAMREC_WEB_PORT=str(free_port()),
+            STREAMREC_DATA_DIR=str(tmp_path / f"data-{name}"),
+        )
+
+    s = first.settings
+    a, b, c = first.start(), another("b").start(), another("c")
+    for w in (a, b):
+        wait_until_ready(w, timeout=90)
+    events = sample_events(datasets_dir, users=60, per_user=30)
+    third = len(events) // 3
+    phases = [events[:third], events[third : 2 * third], events[2 * third :]]
+
+    def run_phase(batch: list[Event], live: list[Worker], change=None) -> float:
+        """Stream ``batch`` in 10 chunks over ~8 s, calling ``change()`` after the first;
+        wait until each user's newest event of it has a list."""
+        started = time.monotonic()
+        size = -(-len(batch) // 10)
+        for i in range(10):
+            chunk = batch[i * size : (i + 1) * size]  # in order: a user's events stay in order
+            produce(
+                broker.bootstrap_servers,
+                s.events_topic,
+                [(e.user_id.encode(), e.to_json()) for e in chunk],
+            )
+            if i == 0 and change is not None:
+                change()
+            time.sleep(0.8)
+        wanted = {e.user_id: e.event_id for e in batch}
+        got = consume_until(
+            broker.bootstrap_servers,
+            [s.recommendations_topic],
+            lambda got: set(wanted.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+            timeout=180,
+        )
+        missing = set(wanted.values()) - set(lists_by_trigger(got[s.recommendations_topic]))
+        received = [Recommendation.from_json(v) for _, v in got[s.recommendations_topic]]
+        if missing:
+            report = where_missing(broker, s, missing, events, received, 0)
+            print("MISSING", json.dumps(report, default=str))
+        assert not missing, len(missing)
+        return time.monotonic() - started
+
+    def partitions(live: list[Worker]) -> list[int]:
+        return [get_json(f"{w.web}/stats/")[1]["assigned_partitions"] for w in live]
+
+    def leave() -> None:
+        assert b.stop() == 0, b.log_text()[-3000:]  # a clean leave; its partitions move on
+
+    timings = [run_phase(phases[0], [a, b])]
+    assert sum(partitions([a, b])) >= s.topic_partitions  # actives (and standbys) spread over both
+    timings.append(run_phase(phases[1], [a, b, c], change=c.start))  # a third joins mid-stream
+    wait_until_ready(c, timeout=90)
+    assert all(n > 0 for n in partitions([a, b, c]))  # the newcomer took partitions over
+    timings.append(run_phase(phases[2], [a, c], change=leave))  # one leaves mid-stream
+    for w in (a, c):
+        assert w.process is not None and w.process.poll() is None, w.log_text()[-3000:]
+    users = sorted({e.user_id for e in events})
+    assert_contexts_match_a_fold(a, events, users[::5])  # routed to whichever worker owns each
+    print(
+        f"phases served in {', '.join(f'{t:.1f}' for t in timings)} s; "
+        f"partitions {partitions([a, c])}"
+    )
