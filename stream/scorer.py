@@ -24,6 +24,7 @@ from stream.manifest import (
     QUERY_ENCODER,
     RANKER,
     RANKER_FP16,
+    RANKER_OUTPUTS,
     TOKENIZER,
     ModelManifest,
     load_manifest,
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-#: The ranker's outputs, in the order :meth:`Scorer.run` returns them.
-RANKER_OUTPUTS = ("scores", "indices")
+#: The ranker's output names, in the order :meth:`Scorer.run` returns them.
+OUTPUT_NAMES = tuple(spec.name for spec in RANKER_OUTPUTS)
 #: Scores at or below this are masked items (purchased/seen/padding), never recommended.
 MASKED_SCORE = -1e4
 
@@ -226,12 +227,12 @@ class Scorer:
         and ORT allocates no intermediate host buffers.
         """
         if not self.io_binding:
-            scores, indices = self.session.run(list(RANKER_OUTPUTS), inputs)
+            scores, indices = self.session.run(list(OUTPUT_NAMES), inputs)
             return scores, indices
         binding = self.session.io_binding()  # one per call: scoring threads run concurrently
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name in RANKER_OUTPUTS:
+        for name in OUTPUT_NAMES:
             binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
         scores, indices = binding.copy_outputs_to_cpu()
