@@ -1,10 +1,11 @@
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from stream.context import apply_event
 from stream.errors import ModelLoadError
 from stream.records import Event
-from stream.scorer import CPU, Scorer, choose_providers
+from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
 
 
 def context_of(*events):
@@ -155,3 +156,23 @@ def test_io_binding_gives_the_plain_runs_results(tiny_model_dir, scorer):
     for a, b in zip(plain, via_binding, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (cuda_driver_present() and CUDA in ort.get_available_providers()),
+    reason="needs a CUDA device and onnxruntime-gpu's CUDA provider",
+)
+def test_the_fp16_ranker_on_cuda_agrees_with_cpu(tiny_model_dir, scorer):
+    """Run on a GPU host: fp16 + IO binding on CUDA gives nearly the CPU's top-10s."""
+    gpu = Scorer(tiny_model_dir, provider="cuda", top_k=20)
+    assert gpu.providers[0] == CUDA and gpu.ranker_role == "ranker_fp16" and gpu.io_binding
+    contexts = [
+        context_of(click(i, str(1 + i % 50)), click(i + 1, str(100 + i))) for i in range(64)
+    ]
+    _, cpu_top = scorer.run(scorer.encode(contexts))
+    _, gpu_top = gpu.run(gpu.encode(contexts))
+    overlap = np.mean(
+        [len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(cpu_top, gpu_top, strict=True)]
+    )
+    assert overlap >= 0.95, overlap
