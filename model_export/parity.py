@@ -26,6 +26,7 @@ from torch import nn
 from model_export.model import SequenceRanker
 from stream.errors import ModelExportError
 from stream.queries import tokenize
+from stream.ranking import topk_overlap
 
 SCORE_TOLERANCE = 1e-4
 TOP10_IDENTICAL = 0.999
@@ -105,7 +106,7 @@ def check_ranker(
             problems.append(f"fp32 batch {batch}: top-10 identical for {same:.2%} of users")
         if half is not None:
             _, half_indices = half.run(["scores", "indices"], inputs)
-            share = _overlap(half_indices[:, :10], expected[1][:, :10])
+            share = topk_overlap(expected[1][:, :10], half_indices[:, :10])
             overlap.append(share)
             if share < FP16_TOP10_OVERLAP:
                 problems.append(f"fp16 batch {batch}: top-10 overlap {share:.4f}")
@@ -139,10 +140,6 @@ def _identical_up_to_ties(
         placed = np.array([score_of.get(i, -np.inf) for i in items.tolist()])
         agree += bool(np.all(np.abs(placed - wanted) <= TIE_TOLERANCE))
     return agree / len(got)
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
 
 
 def query_texts(batch: int, seed: int) -> list[str]:

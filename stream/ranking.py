@@ -2,7 +2,7 @@
 
 Under full ranking every catalogue item competes, masked items excepted. One target per
 list: HR@k (hit), NDCG@k (``1 / log2(rank + 1)``) and MRR@k (``1 / rank``), with ranks from 1;
-catalogue coverage; intra-list diversity.
+catalogue coverage; intra-list diversity; the overlap of two rankings of the same users.
 """
 
 from __future__ import annotations
@@ -12,6 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from stream.manifest import PAD_INDEX
+
+
+def topk_overlap(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean share of each ``reference`` row's items found in the same row of ``other``.
+
+    Both are ``[users, k]`` item indices (e.g. two rankers' top-10s for the same users).
+    """
+    k = reference.shape[1]
+    pairs = zip(reference.tolist(), other.tolist(), strict=True)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in pairs]))
 
 
 def masked_scores(scores: np.ndarray, excluded: Sequence[np.ndarray]) -> np.ndarray:

@@ -27,6 +27,7 @@ import orjson
 
 from stream.bench import environment, movielens_contexts, timed_rate
 from stream.manifest import RANKER, RANKER_FP16
+from stream.ranking import topk_overlap
 from stream.scorer import CPU, CUDA, Scorer, open_session
 from stream.settings import Settings
 
@@ -58,12 +59,6 @@ def with_ranker(scorer: Scorer, settings: Settings, role: str, providers: list[s
     return scorer
 
 
-def top10_overlap(reference: np.ndarray, other: np.ndarray) -> float:
-    """Mean share of the reference top-10 found in the other top-10, per user."""
-    shares = [len(set(a[:TOP]) & set(b[:TOP])) / TOP for a, b in zip(reference, other, strict=True)]
-    return float(np.mean(shares))
-
-
 def parity(reference: Scorer, candidate: Scorer, contexts: list) -> dict[str, float]:
     """The candidate's scores and top-10s against the reference's on the same users."""
     inputs = reference.encode(contexts)
@@ -72,7 +67,7 @@ def parity(reference: Scorer, candidate: Scorer, contexts: list) -> dict[str, fl
     top = ref_scores[:, :TOP]
     return {
         "max_abs_top10_score_diff": float(np.abs(scores[:, :TOP] - top).max()),
-        "top10_overlap": top10_overlap(ref_indices, indices),
+        "top10_overlap": topk_overlap(ref_indices[:, :TOP], indices[:, :TOP]),
         "top10_identical_share": float(np.mean((indices[:, :TOP] == ref_indices[:, :TOP]).all(1))),
     }
 

@@ -3,7 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from stream.ranking import gains, intra_list_diversity, ranking_metrics, target_ranks, top_k
+from stream.ranking import (
+    gains,
+    intra_list_diversity,
+    ranking_metrics,
+    target_ranks,
+    top_k,
+    topk_overlap,
+)
 
 
 def test_top_k_masks_padding_and_excluded_and_breaks_ties_by_index():
@@ -39,3 +46,9 @@ def test_gains_at_several_k_from_one_ranking():
     assert at3["hr@3"].tolist() == [1.0, 0.0]
     assert at3["ndcg@3"][0] == pytest.approx(1 / math.log2(4))
     assert at3["mrr@3"][0] == pytest.approx(1 / 3)
+
+
+def test_topk_overlap_is_the_mean_share_of_each_reference_row_found():
+    reference = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    other = np.array([[4, 3, 9, 9], [5, 6, 7, 8]])  # half of row 0, all of row 1
+    assert topk_overlap(reference, other) == 0.75

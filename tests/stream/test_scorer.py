@@ -4,6 +4,7 @@ import pytest
 
 from stream.context import apply_event
 from stream.errors import ModelLoadError
+from stream.ranking import topk_overlap
 from stream.records import Event
 from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
 
@@ -172,7 +173,5 @@ def test_the_fp16_ranker_on_cuda_agrees_with_cpu(tiny_model_dir, scorer):
     ]
     _, cpu_top = scorer.run(scorer.encode(contexts))
     _, gpu_top = gpu.run(gpu.encode(contexts))
-    overlap = np.mean(
-        [len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(cpu_top, gpu_top, strict=True)]
-    )
+    overlap = topk_overlap(cpu_top[:, :10], gpu_top[:, :10])
     assert overlap >= 0.95, overlap
