@@ -9,6 +9,7 @@ parity check: a directory without one is never served.
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import warnings
 from datetime import UTC, datetime
@@ -22,7 +23,12 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model_export.model import SequenceRanker
-from model_export.parity import check_query_encoder, check_ranker, ranker_inputs
+from model_export.parity import (
+    check_query_encoder,
+    check_query_encoder_int8,
+    check_ranker,
+    ranker_inputs,
+)
 from model_export.text import TextEncoder, pretrained_dir
 from model_export.train import TrainedModel
 from stream.errors import ModelExportError
@@ -30,6 +36,7 @@ from stream.manifest import (
     ITEM_VECTORS,
     MANIFEST_FILE,
     QUERY_ENCODER,
+    QUERY_ENCODER_INT8,
     QUERY_INPUTS,
     QUERY_OUTPUTS,
     RANKER,
@@ -49,6 +56,7 @@ FILES = {
     RANKER: "ranker.onnx",
     RANKER_FP16: "ranker.fp16.onnx",
     QUERY_ENCODER: "query_encoder.onnx",
+    QUERY_ENCODER_INT8: "query_encoder.int8.onnx",
     TOKENIZER: "tokenizer.json",
     ITEM_VECTORS: "item_vectors.npy",
 }
@@ -140,6 +148,20 @@ def export_query_encoder(tower: QueryTower, tokenizer: Tokenizer, path: Path) ->
     return _export(tower, example, path, (QUERY_INPUTS, QUERY_OUTPUTS))
 
 
+def export_query_encoder_int8(encoder_path: Path, path: Path) -> Path:
+    """The query encoder with int8 weights (dynamic, per channel) for CPU hosts."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()  # the quantiser logs advice on pre-processing through root
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(encoder_path, path, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+    return path
+
+
 def export(
     trained: TrainedModel, items: tuple[str, ...], out_dir: str | Path, info: dict[str, Any]
 ) -> ModelManifest:
@@ -167,6 +189,14 @@ def export(
         parity["query_encoder"] = check_query_encoder(tower, trained.tokenizer, query_path)
         shutil.copyfile(pretrained_dir() / "tokenizer.json", out / FILES[TOKENIZER])
         written += [QUERY_ENCODER, TOKENIZER]
+        int8_path = export_query_encoder_int8(query_path, out / FILES[QUERY_ENCODER_INT8])
+        parity["query_encoder_int8"] = check_query_encoder_int8(
+            ranker, ranker_path, query_path, int8_path, trained.tokenizer
+        )
+        if parity["query_encoder_int8"]["passed"]:
+            written.append(QUERY_ENCODER_INT8)
+        else:  # an optimisation only: the fp32 encoder serves CPU hosts as well
+            int8_path.unlink()
     files = {role: ModelFile(FILES[role], sha256_file(out / FILES[role])) for role in written}
     created = datetime.now(UTC)
     manifest = ModelManifest(

@@ -4,7 +4,9 @@ Every check runs all its batches and collects each mismatch before failing, so o
 shows everything that is wrong. Thresholds (the export contract, see
 :mod:`model_export.export`): fp32 ranker max |score diff| <= ``SCORE_TOLERANCE`` and top-10
 identical for >= ``TOP10_IDENTICAL`` of users; fp16 ranker mean top-10 overlap >=
-``FP16_TOP10_OVERLAP``; query encoder max |vector diff| <= ``SCORE_TOLERANCE``.
+``FP16_TOP10_OVERLAP``; query encoder max |vector diff| <= ``SCORE_TOLERANCE``; the int8
+query encoder, which is shipped only if it passes, ranks with mean top-10 overlap >=
+``INT8_QUERY_TOP10_OVERLAP`` against the fp32 one.
 
 "Identical" allows exact ties only: two items whose PyTorch scores differ by at most
 ``TIE_TOLERANCE`` may trade places (float rounding decides their order in either runtime);
@@ -32,6 +34,7 @@ SCORE_TOLERANCE = 1e-4
 TOP10_IDENTICAL = 0.999
 TIE_TOLERANCE = 1e-5
 FP16_TOP10_OVERLAP = 0.99
+INT8_QUERY_TOP10_OVERLAP = 0.99
 #: Batch sizes checked: a single user, a typical micro-batch, a large one.
 BATCHES = (1, 64, 512)
 
@@ -178,3 +181,40 @@ def check_query_encoder(
     if problems:
         raise ModelExportError("ONNX query encoder parity failed:\n  " + "\n  ".join(problems))
     return {"batches": list(batches), "max_abs_vector_diff": worst}
+
+
+def check_query_encoder_int8(
+    model: SequenceRanker,
+    ranker_path: Path,
+    encoder_path: Path,
+    int8_path: Path,
+    tokenizer: Tokenizer,
+    batch: int = 512,
+) -> dict[str, Any]:
+    """The int8 query encoder against the fp32 one where it matters: the ranker's top-10s.
+
+    Users of :func:`ranker_inputs` (about a fifth of their events are searches, each with its
+    own query) are ranked by the fp32 ONNX ranker twice, once with each encoder's vectors.
+    ``passed`` says whether the overlap meets ``INT8_QUERY_TOP10_OVERLAP``.
+    """
+    inputs = ranker_inputs(model, batch, seed=len(BATCHES))
+    tokens = tokenize(tokenizer, query_texts(len(inputs["query_table"]) - 1, len(BATCHES)))
+    ranker = _session(ranker_path)
+    vectors, tops = [], []
+    for path in (encoder_path, int8_path):
+        (rows,) = _session(path).run(["query_vecs"], tokens)
+        table = np.vstack([np.zeros((1, rows.shape[1]), np.float32), rows])
+        (indices,) = ranker.run(["indices"], {**inputs, "query_table": table})
+        vectors.append(rows)
+        tops.append(indices[:, :10])
+    reference, quantised = vectors
+    cosine = (reference * quantised).sum(axis=1) / np.maximum(
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(quantised, axis=1), 1e-12
+    )
+    overlap = topk_overlap(*tops)
+    return {
+        "passed": overlap >= INT8_QUERY_TOP10_OVERLAP,
+        "top10_overlap": overlap,
+        "min_cosine": float(cosine.min()),
+        "mean_cosine": float(cosine.mean()),
+    }

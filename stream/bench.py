@@ -340,6 +340,7 @@ def environment(scorer: Scorer, settings: Settings) -> dict:
     return {
         "provider": scorer.providers[0],
         "ranker": scorer.ranker_role,
+        "query_encoder": scorer.query_role,
         "model_version": scorer.model_version,
         "batch_max_users": settings.batch_max_users,
         "batch_max_wait_ms": settings.batch_max_wait_ms,

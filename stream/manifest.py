@@ -2,7 +2,8 @@
 
 A model directory holds the ranker (``ranker.onnx``, required), optionally its fp16 variant
 for GPUs (``ranker.fp16.onnx``), the query encoder (``query_encoder.onnx``) with its
-tokenizer (``tokenizer.json``), the item vectors for diversity re-ranking
+tokenizer (``tokenizer.json``) and optionally its int8 variant for CPUs
+(``query_encoder.int8.onnx``), the item vectors for diversity re-ranking
 (``item_vectors.npy``), and ``manifest.json`` naming each file with its sha256.
 ``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
 it with :func:`load_manifest`, which refuses a directory whose format, feature set or file
@@ -63,11 +64,13 @@ QUERY_OUTPUTS = (TensorSpec("query_vecs", "float32", ("batch", "query_dim")),)
 RANKER = "ranker"
 RANKER_FP16 = "ranker_fp16"
 QUERY_ENCODER = "query_encoder"
+#: The query encoder with int8 weights (dynamic quantisation), for CPU hosts.
+QUERY_ENCODER_INT8 = "query_encoder_int8"
 TOKENIZER = "tokenizer"
 #: Unit item vectors ``[len(items) + 1, dim]`` (float32 ``.npy``, row 0 padding) that
 #: diversity re-ranking compares (:mod:`stream.diversity`).
 ITEM_VECTORS = "item_vectors"
-FILE_ROLES = (RANKER, RANKER_FP16, QUERY_ENCODER, TOKENIZER, ITEM_VECTORS)
+FILE_ROLES = (RANKER, RANKER_FP16, QUERY_ENCODER, QUERY_ENCODER_INT8, TOKENIZER, ITEM_VECTORS)
 
 
 @dataclass(frozen=True)

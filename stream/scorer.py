@@ -22,6 +22,7 @@ from stream.manifest import (
     ITEM_VECTORS,
     PAD_INDEX,
     QUERY_ENCODER,
+    QUERY_ENCODER_INT8,
     RANKER,
     RANKER_FP16,
     RANKER_OUTPUTS,
@@ -98,6 +99,7 @@ class Scorer:
         top_k: int = 20,
         exclude: str = "purchased",
         query_cache_size: int = 10_000,
+        query_precision: str = "auto",
         diversity: float = 0.0,
         io_binding: bool | None = None,
     ) -> None:
@@ -135,11 +137,13 @@ class Scorer:
         if provider == "cuda" and CUDA not in self.providers:
             log.warning("CUDA was requested but is unavailable here; scoring on CPU instead")
         self.queries: QueryEncoder | None = None
-        encoder_path = self.manifest.path(model_dir, QUERY_ENCODER)
+        #: Which query encoder file encodes search queries (``None``: the model has none).
+        self.query_role: str | None = None
         tokenizer_path = self.manifest.path(model_dir, TOKENIZER)
-        if encoder_path is not None and tokenizer_path is not None:
+        if QUERY_ENCODER in self.manifest.files and tokenizer_path is not None:
+            self.query_role = self._query_role(query_precision, on_cuda)
             self.queries = QueryEncoder(
-                open_session(encoder_path, providers, intra_op_threads),
+                open_session(self._file(model_dir, self.query_role), providers, intra_op_threads),
                 load_tokenizer(tokenizer_path, self.manifest.query_max_tokens),
                 cache_size=query_cache_size,
             )
@@ -149,8 +153,21 @@ class Scorer:
             len(self.manifest.items),
             self.ranker_role,
             self.providers,
-            "yes" if self.queries is not None else "no",
+            self.query_role or "none",
         )
+
+    def _query_role(self, precision: str, on_cuda: bool) -> str:
+        """The query encoder for ``precision``: int8 on CPU hosts under ``auto``."""
+        has_int8 = QUERY_ENCODER_INT8 in self.manifest.files
+        if precision == "int8" and not has_int8:
+            msg = (
+                "STREAMREC_QUERY_PRECISION=int8, but this model has no int8 query encoder; "
+                "re-export it with this model_export (make model) or set it to auto"
+            )
+            raise ModelLoadError(msg)
+        if precision == "int8" or (precision == "auto" and has_int8 and not on_cuda):
+            return QUERY_ENCODER_INT8
+        return QUERY_ENCODER
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
@@ -162,6 +179,7 @@ class Scorer:
             top_k=settings.top_k,
             exclude=settings.exclude,
             query_cache_size=settings.query_cache_size,
+            query_precision=settings.query_precision,
             diversity=settings.diversity,
         )
 

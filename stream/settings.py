@@ -81,6 +81,12 @@ class Settings:
     intra_op_threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
     top_k: int = _setting(20, "Items per recommendation list.")
     query_cache_size: int = _setting(10000, "Distinct search queries whose vectors are cached.")
+    query_precision: str = _setting(
+        "auto",
+        "Query encoder weights: `auto` takes the model's int8 encoder where queries are encoded "
+        "on CPU and the model has one, fp32 otherwise.",
+        choices=("auto", "fp32", "int8"),
+    )
     model_reload_s: float = _setting(
         10.0,
         "How often the worker checks the model directory for a new model version and switches "

@@ -34,6 +34,9 @@ def test_exported_graphs_follow_the_contract(tiny_model_dir):
     assert parity["ranker"]["top10_identical"] >= 0.999
     assert parity["ranker"]["fp16_top10_overlap"] >= 0.99
     assert parity["query_encoder"]["max_abs_vector_diff"] <= 1e-4
+    int8 = parity["query_encoder_int8"]
+    assert int8["passed"] and int8["top10_overlap"] >= 0.99 and int8["mean_cosine"] > 0.95
+    assert manifest.files["query_encoder_int8"].file == "query_encoder.int8.onnx"
 
 
 def test_parity_passes_on_a_faithful_export_with_fp16(tmp_path):

@@ -28,4 +28,5 @@ def test_bench_prints_every_figure(tiny_model_dir, broker, tmp_path, monkeypatch
     assert 0 <= figures["query_cache_hit_rate"] <= 1
     assert figures["latency_at_half_saturation"]["lists_measured"] > 0
     assert figures["environment"]["provider"] == "CPUExecutionProvider"
+    assert figures["environment"]["query_encoder"] == "query_encoder_int8"
     assert json.loads((tmp_path / "bench.json").read_text()) == figures

@@ -36,6 +36,7 @@ def test_a_written_directory_loads(tiny_model_dir):
         "ranker",
         "ranker_fp16",
         "query_encoder",
+        "query_encoder_int8",
         "tokenizer",
         "item_vectors",
     }
@@ -49,7 +50,14 @@ def test_missing_directory_says_how_to_build_one(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["ranker.onnx", "ranker.fp16.onnx", "query_encoder.onnx", "tokenizer.json", "item_vectors.npy"],
+    [
+        "ranker.onnx",
+        "ranker.fp16.onnx",
+        "query_encoder.onnx",
+        "query_encoder.int8.onnx",
+        "tokenizer.json",
+        "item_vectors.npy",
+    ],
 )
 def test_truncated_file_is_refused_naming_the_file(model_copy, name):
     path = model_copy / name

@@ -1,9 +1,15 @@
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 
 from stream.context import apply_event
 from stream.errors import ModelLoadError
+from stream.manifest import MANIFEST_FILE, QUERY_ENCODER, QUERY_ENCODER_INT8
 from stream.ranking import topk_overlap
 from stream.records import Event
 from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
@@ -123,21 +129,41 @@ def test_diversity_reorders_the_same_candidates_into_a_more_varied_list(tiny_mod
     assert varied[0][1][0] not in [i for i, _ in diverse.score([bought])[0]]
 
 
-def test_diversity_without_item_vectors_says_what_to_do(tiny_model_dir, tmp_path):
-    import shutil
-
-    import orjson
-
-    from stream.manifest import MANIFEST_FILE
-
+def model_without(tiny_model_dir, tmp_path, role):
+    """A copy of the tiny model whose manifest no longer names the file of ``role``."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     body = orjson.loads((model / MANIFEST_FILE).read_bytes())
-    del body["files"]["item_vectors"]
+    del body["files"][role]
     (model / MANIFEST_FILE).write_bytes(orjson.dumps(body))
+    return model
+
+
+def test_diversity_without_item_vectors_says_what_to_do(tiny_model_dir, tmp_path):
+    model = model_without(tiny_model_dir, tmp_path, "item_vectors")
     assert Scorer(model, provider="cpu").item_vectors is None  # off: not needed
     with pytest.raises(ModelLoadError, match="STREAMREC_DIVERSITY=0"):
         Scorer(model, provider="cpu", diversity=0.3)
+
+
+def test_cpu_hosts_encode_queries_with_the_int8_encoder(scorer, tiny_model_dir):
+    assert scorer.query_role == QUERY_ENCODER_INT8  # auto, on CPU, and the model has one
+    fp32 = Scorer(tiny_model_dir, provider="cpu", query_precision="fp32")
+    assert fp32.query_role == QUERY_ENCODER
+    queries = ["star wars", "toy story", "a comedy from 1995"]
+    a = fp32.queries.encode_uncached(queries)
+    b = scorer.queries.encode_uncached(queries)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape and cosine.min() > 0.95
+
+
+def test_asking_for_int8_queries_from_a_model_without_them_says_what_to_do(
+    tiny_model_dir, tmp_path
+):
+    model = model_without(tiny_model_dir, tmp_path, QUERY_ENCODER_INT8)
+    assert Scorer(model, provider="cpu").query_role == QUERY_ENCODER  # auto: fp32
+    with pytest.raises(ModelLoadError, match="make model"):
+        Scorer(model, provider="cpu", query_precision="int8")
 
 
 def test_the_fp32_ranker_serves_on_cpu(scorer):
@@ -159,19 +185,27 @@ def test_io_binding_gives_the_plain_runs_results(tiny_model_dir, scorer):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.fixture
+def model_for_gpu(request):
+    """The model the host ships (``STREAMREC_MODEL_DIR``) where one is set, else the tiny one."""
+    shipped = os.environ.get("STREAMREC_MODEL_DIR")
+    return Path(shipped) if shipped else request.getfixturevalue("tiny_model_dir")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (cuda_driver_present() and CUDA in ort.get_available_providers()),
     reason="needs a CUDA device and onnxruntime-gpu's CUDA provider",
 )
-def test_the_fp16_ranker_on_cuda_agrees_with_cpu(tiny_model_dir, scorer):
+def test_the_fp16_ranker_on_cuda_agrees_with_cpu(model_for_gpu):
     """Run on a GPU host: fp16 + IO binding on CUDA gives nearly the CPU's top-10s."""
-    gpu = Scorer(tiny_model_dir, provider="cuda", top_k=20)
+    cpu = Scorer(model_for_gpu, provider="cpu", top_k=20)
+    gpu = Scorer(model_for_gpu, provider="cuda", top_k=20)
     assert gpu.providers[0] == CUDA and gpu.ranker_role == "ranker_fp16" and gpu.io_binding
     contexts = [
         context_of(click(i, str(1 + i % 50)), click(i + 1, str(100 + i))) for i in range(64)
     ]
-    _, cpu_top = scorer.run(scorer.encode(contexts))
+    _, cpu_top = cpu.run(cpu.encode(contexts))
     _, gpu_top = gpu.run(gpu.encode(contexts))
     overlap = topk_overlap(cpu_top[:, :10], gpu_top[:, :10])
     assert overlap >= 0.95, overlap
