@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from typing import Any, cast
 
+import faust
 import orjson
 from faust import Stream
 from faust.tables.manager import TableManager
@@ -24,6 +26,7 @@ from stream.errors import ConfigError, InvalidEvent, ModelLoadError
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline, now_ms
+from stream.prometheus import install as install_prometheus
 from stream.records import Limits, dead_letter, parse_event
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,31 @@ events_topic = _topic(settings.events_topic)
 recommendations_topic = _topic(settings.recommendations_topic)
 dead_letters_topic = _topic(settings.dlq_topic)
 
-contexts = app.Table(
-    "user-context",
+
+class ContextTable(faust.Table):
+    """Faust's table, counting the changelog records it applies (recovery and standbys).
+
+    A restart on a RocksDB store applies only what was written since its last flush; on the
+    memory store it applies the whole changelog. ``changelog_records_applied`` shows which.
+    """
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        """Apply the batch, then count it."""
+        records = list(batch)
+        super().apply_changelog_batch(records)
+        metrics.inc("changelog_records_applied", len(records))
+
+
+contexts = ContextTable(
+    app,
+    name="user-context",
+    beacon=app.tables.beacon,
     partitions=settings.topic_partitions,
     key_type=str,
     value_type=bytes,  # UserContext.to_bytes(): compact, and the same in every store
     help="Most recent events and purchased items per user.",
 )
+app.tables.add(contexts)
 
 
 async def _send_list(user_id: str, value: bytes) -> None:
@@ -198,6 +219,8 @@ def stats() -> dict[str, Any]:
         **metrics.snapshot(),
         "model_version": scorer.model_version if scorer else None,
         "providers": scorer.providers if scorer else [],
+        "ranker": scorer.ranker_role if scorer else None,
+        "query_encoder": scorer.query_role if scorer else None,
         "pending_users": pipeline.batcher.pending_users if pipeline.batcher else 0,
         "table_users": len(contexts),
         "consumer_lag": consumer_lag(),
@@ -211,6 +234,28 @@ class StatsView(View):
     async def get(self, request: Request) -> Response:
         """Return :func:`stats`."""
         return self.json(stats())
+
+
+install_prometheus(app, metrics, stats)
+
+
+@app.page("/ready/")
+class ReadyView(View):
+    """Readiness probe: 200 once :func:`stats` says ``ready``, else 503."""
+
+    async def get(self, request: Request) -> Response:
+        """``{"ready": bool}``."""
+        ready = bool(stats()["ready"])
+        return self.json({"ready": ready}, status=200 if ready else 503)
+
+
+@app.page("/live/")
+class LiveView(View):
+    """Liveness probe: answered by the worker's event loop, so a stuck loop fails it."""
+
+    async def get(self, request: Request) -> Response:
+        """``{"live": true}``."""
+        return self.json({"live": True})
 
 
 @app.page("/context/{user_id}/")

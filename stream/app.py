@@ -18,6 +18,7 @@ app = faust.App(
     broker_heartbeat_interval=settings.heartbeat_interval_s,
     producer_linger=settings.producer_linger_ms / 1000.0,
     store=settings.store,
+    table_standby_replicas=settings.standby_replicas,
     datadir=settings.data_dir,
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.topic_replication_factor,

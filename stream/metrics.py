@@ -1,30 +1,50 @@
 """In-process counters and summaries of a streamrec worker.
 
 Counters are monotonically increasing totals (``events_in``, ``dlq{reason}``...); summaries
-keep count, sum and max of an observed value (batch size, inference time). The worker
-serves a snapshot on its web endpoint and logs one periodically.
+keep count, sum and max of an observed value (batch size, inference time) and, for the
+names in :data:`BUCKETS`, a histogram. The worker serves a snapshot as JSON on
+``/stats/``, in Prometheus' format on ``/metrics`` (:mod:`stream.prometheus`), and logs one
+periodically.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+#: Upper bounds of the histogram kept for each of these summaries (milliseconds or users).
+BUCKETS: dict[str, tuple[float, ...]] = {
+    "batch_users": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+    "inference_ms": _MS,
+    "batch_cut_to_publish_ms": _MS,
+    "event_to_list_ms": _MS,
+}
+
 
 @dataclass
 class Summary:
-    """Count, sum and maximum of an observed quantity."""
+    """Count, sum and maximum of an observed quantity, and counts per bucket if it has any."""
 
     count: int = 0
     total: float = 0.0
     max: float = 0.0
+    bounds: tuple[float, ...] = ()
+    #: Observations ≤ each bound (not cumulative; one more slot for those above all bounds).
+    bucket_counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bucket_counts = [0] * (len(self.bounds) + 1) if self.bounds else []
 
     def observe(self, value: float) -> None:
         """Record one observation."""
         self.count += 1
         self.total += value
         self.max = max(self.max, value)
+        if self.bounds:
+            self.bucket_counts[bisect.bisect_left(self.bounds, value)] += 1
 
     def as_dict(self) -> dict[str, float]:
         """Count, sum, mean and max."""
@@ -47,7 +67,7 @@ class Metrics:
         """Record a value in a summary."""
         summary = self.summaries.get(name)
         if summary is None:
-            summary = self.summaries[name] = Summary()
+            summary = self.summaries[name] = Summary(bounds=BUCKETS.get(name, ()))
         summary.observe(value)
 
     def snapshot(self) -> dict[str, Any]:

@@ -181,6 +181,8 @@ class ScoringPipeline(Service):
                     generated_ts=generated,
                 )
                 await self._send_list(user.user_id, rec.to_json())
+                # from the producer's stamp on the event; clocks of other hosts may skew it
+                self.metrics.observe("event_to_list_ms", max(0, generated - user.trigger.ts))
             self.metrics.inc("lists_out", len(batch.users))
             self.metrics.observe("batch_cut_to_publish_ms", (time.monotonic() - batch.cut_at) * 1e3)
         for user in batch.users:

@@ -126,7 +126,18 @@ class Settings:
     max_id_chars: int = _setting(256, "Longest accepted user, item or event id.")
     max_query_chars: int = _setting(1024, "Longest accepted search query.")
     # Process
-    store: str = _setting("memory://", "Faust table store URL.")
+    store: str = _setting(
+        "memory://",
+        "Faust table store: `memory://`, or `rocksdb://` (RocksDB through rocksdict) to keep "
+        "user tables on disk under `STREAMREC_DATA_DIR`, so a restart replays only the "
+        "changelog written since.",
+        choices=("memory://", "rocksdb://"),
+    )
+    standby_replicas: int = _setting(
+        1,
+        "Standby copies of each table partition kept by other workers, so a rebalance "
+        "takes over a warm table instead of replaying the changelog.",
+    )
     data_dir: str = _setting("streamrec-data", "Faust data directory (local table state).")
     web_enabled: bool = _setting(True, "Serve the worker's web endpoint (stats, context).")
     web_host: str = _setting("127.0.0.1", "Address the web endpoint binds; 0.0.0.0 in containers.")

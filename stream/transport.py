@@ -11,6 +11,12 @@ point; ``STREAMREC_BROKER`` keeps ``kafka://``. Two changes, both harmless on Ap
   it is and table recovery stopped early, dropping the newest context. Before recovery uses
   them, :func:`verified_end_offsets` reads from ``end - 1`` and moves each end past the last
   record actually there.
+* **Partitions never committed.** After table recovery Faust seeks every partition to its
+  committed offset, but aiokafka's ``seek_to_committed`` leaves a partition whose committed
+  offset is none (or 0) wherever the fetcher got to. The fetcher runs during recovery, so a
+  worker that started on events its group had never committed (the first worker of a group,
+  or one killed before its first commit) skipped them. :meth:`ConsumerThread.seek_to_committed`
+  places such partitions explicitly: at 0, or by ``consumer_auto_offset_reset`` when none.
 """
 
 from __future__ import annotations
@@ -38,6 +44,24 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = int(settings.fetch_max_wait_ms)  # read at consumer start
         return consumer
+
+    async def seek_to_committed(self) -> Mapping[TopicPartition, int]:
+        """Faust's seek, with input partitions that have no commit (or commit 0) placed too."""
+        committed = await super().seek_to_committed()
+        consumer = self._ensure_consumer()
+        changelogs = self.app.tables.changelog_topics  # Faust positions these itself
+        unplaced = [tp for tp, at in committed.items() if not at and tp.topic not in changelogs]
+        for tp in unplaced:
+            if committed[tp] == 0:
+                consumer.seek(tp, 0)
+        never = [tp for tp in unplaced if committed[tp] is None]
+        if never and self.app.conf.consumer_auto_offset_reset == "latest":
+            await self.call_thread(consumer.seek_to_end, *never)
+        elif never:
+            await self.call_thread(consumer.seek_to_beginning, *never)
+        if unplaced:
+            log.debug("placed partitions with no commit: %s", sorted(map(tuple, unplaced)))
+        return committed
 
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
         reported = await super()._highwaters(partitions)

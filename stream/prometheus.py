@@ -1,0 +1,113 @@
+"""The worker's figures in Prometheus' text format, on ``/metrics`` of its web server.
+
+One registry per worker holds two collectors: Faust's own monitor (messages per topic and
+partition, commit and send latency, rebalances: ``faust_*``), and :class:`WorkerCollector`,
+which renders :class:`~stream.metrics.Metrics` and the worker's gauges at scrape time
+(``streamrec_*``). Counters end in ``_total``; millisecond summaries become ``_seconds``
+histograms. The names are listed in the README's *Metrics* table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import AppT
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from stream.metrics import Metrics, Summary
+
+PREFIX = "streamrec"
+#: Counters whose name is ``<family>.<label value>``: the family's label.
+LABELLED = {"dlq_reason": "reason", "events_type": "type"}
+#: What each counter counts (the HELP line); others are documented by their name.
+HELP = {
+    "events_in": "Messages read from the events topic.",
+    "events_invalid": "Messages routed to the dead-letter topic.",
+    "dlq_reason": "Dead letters by reason.",
+    "events_type": "Valid events by type.",
+    "events_coalesced": "Events folded into a list already pending for their user.",
+    "events_duplicate": "Events whose event_id the user's context already held.",
+    "lists_out": "Recommendation lists published.",
+    "batches_failed": "Scoring batches that raised (their users got no list).",
+    "users_failed": "Users of failed batches.",
+    "model_reloads": "New model versions taken over without a restart.",
+}
+
+
+def _histogram(name: str, summary: Summary) -> HistogramMetricFamily:
+    scale = 1e-3 if name.endswith("_ms") else 1.0
+    metric = f"{PREFIX}_{name.removesuffix('_ms')}" + ("_seconds" if scale != 1.0 else "")
+    cumulative, buckets = 0, []
+    for bound, count in zip(summary.bounds, summary.bucket_counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound * scale), cumulative))
+    buckets.append(("+Inf", summary.count))
+    return HistogramMetricFamily(
+        metric, f"{name} per observation", buckets=buckets, sum_value=summary.total * scale
+    )
+
+
+class WorkerCollector:
+    """Renders the worker's counters, histograms and gauges when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics, stats: Callable[[], dict[str, Any]]) -> None:
+        self.metrics = metrics
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per counter family, histogram and gauge."""
+        labelled: dict[str, CounterMetricFamily] = {}
+        for name, value in sorted(self.metrics.counters.items()):
+            family, _, label = name.partition(".")
+            if family in LABELLED and label:
+                if family not in labelled:
+                    labelled[family] = CounterMetricFamily(
+                        f"{PREFIX}_{family}", HELP[family], labels=[LABELLED[family]]
+                    )
+                labelled[family].add_metric([label], value)
+            else:
+                yield CounterMetricFamily(f"{PREFIX}_{name}", HELP.get(name, name), value=value)
+        yield from labelled.values()
+        for name, summary in sorted(self.metrics.summaries.items()):
+            if summary.bounds:
+                yield _histogram(name, summary)
+        stats = self.stats()
+        for key, help_text in (
+            ("ready", "1 when the model is loaded, partitions are assigned and tables recovered."),
+            ("assigned_partitions", "Partitions of the events topic this worker owns."),
+            ("consumer_lag", "Events on this worker's partitions not read yet."),
+            ("pending_users", "Users waiting in the batcher."),
+            ("table_users", "Users whose context this worker holds."),
+        ):
+            yield GaugeMetricFamily(f"{PREFIX}_{key}", help_text, value=float(stats[key]))
+        model = GaugeMetricFamily(
+            f"{PREFIX}_model_info",
+            "The model serving and where (value 1).",
+            labels=["model_version", "provider", "ranker", "query_encoder"],
+        )
+        if stats["model_version"] is not None:
+            model.add_metric(
+                [
+                    stats["model_version"],
+                    stats["providers"][0],
+                    stats["ranker"],
+                    stats["query_encoder"] or "none",
+                ],
+                1.0,
+            )
+        yield model
+
+
+def install(app: AppT, metrics: Metrics, stats: Callable[[], dict[str, Any]]) -> None:
+    """Serve ``/metrics``: Faust's monitor and the worker's own figures, one registry."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerCollector(metrics, stats))
+    setup_prometheus_sensors(app, "/metrics", registry=registry, name_prefix="faust")
