@@ -50,7 +50,7 @@ from stream.queries import QueryEncoder
 from stream.records import Event, Recommendation
 from stream.scorer import Scorer
 from stream.settings import Settings
-from stream.worker_process import WorkerProcess, worker_on_fresh_topics
+from stream.worker_process import WorkerGroup, WorkerProcess, worker_on_fresh_topics
 
 QUERY_BATCH = 64
 #: Seconds a profiled worker is given to start before the saturation phase.
@@ -174,7 +174,7 @@ def stream_events(events: Sequence[Event]) -> Iterator[Event]:
 
 async def saturate(
     settings: Settings,
-    worker: WorkerProcess,
+    worker: WorkerProcess | WorkerGroup,
     events: Sequence[Event],
     warmup: float,
     window: float,
@@ -342,6 +342,7 @@ def environment(scorer: Scorer, settings: Settings) -> dict:
         "ranker": scorer.ranker_role,
         "query_encoder": scorer.query_role,
         "model_version": scorer.model_version,
+        "topic_partitions": settings.topic_partitions,
         "batch_max_users": settings.batch_max_users,
         "batch_max_wait_ms": settings.batch_max_wait_ms,
         "max_inflight_batches": settings.max_inflight_batches,
@@ -359,7 +360,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
 
     batch = settings.batch_max_users
     scorer = Scorer.from_settings(settings)
-    figures: dict[str, Any] = {"environment": environment(scorer, settings)}
+    figures: dict[str, Any] = {
+        "environment": {**environment(scorer, settings), "workers": args.workers}
+    }
     contexts = movielens_contexts(settings, max(batch, 1))
     figures |= model_only(scorer, contexts, batch, args.model_seconds)
     titles = [item.title for item in movielens_items(settings.datasets_dir)]
@@ -384,8 +387,20 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
                 profile_s=WORKER_START_S + args.warmup + args.window,
             )
         )
+        more = [  # the same group and topics; each its own data directory and port
+            stack.enter_context(
+                WorkerProcess(
+                    live.with_overrides(data_dir=f"{live.data_dir}-{i}").to_env(),
+                    work / f"{live.app_id}-{i}.log",
+                )
+            )
+            for i in range(1, args.workers)
+        ]
+        for extra in more:
+            extra.wait_ready()
+        group = WorkerGroup([worker, *more])
         figures |= asyncio.run(
-            saturate(live, worker, events, args.warmup, args.window, drain=profile is None)
+            saturate(live, group, events, args.warmup, args.window, drain=profile is None)
         )
         half = max(1.0, figures["saturation_events_per_s"] / 2)
         figures["latency_at_half_saturation"] = (
@@ -416,6 +431,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", default="reports/bench", help="working files and bench.json")
     parser.add_argument(
         "--profile", action="store_true", help="profile the worker with py-spy (no latency phase)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="workers in the group (1); STREAMREC_TOPIC_PARTITIONS caps the useful number",
     )
     args = parser.parse_args(argv)
     settings = Settings.from_env()

@@ -65,7 +65,9 @@ class WorkerCollector:
     def collect(self) -> Iterator[Metric]:
         """One family per counter family, histogram and gauge."""
         labelled: dict[str, CounterMetricFamily] = {}
-        for name, value in sorted(self.metrics.counters.items()):
+        counters = {name: 0 for name in HELP if name not in LABELLED}  # listed even at 0
+        counters.update(self.metrics.counters)
+        for name, value in sorted(counters.items()):
             family, _, label = name.partition(".")
             if family in LABELLED and label:
                 if family not in labelled:

@@ -1,7 +1,8 @@
 """Faust's aiokafka transport, adjusted for what we measured on the embedded broker.
 
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
-point; ``STREAMREC_BROKER`` keeps ``kafka://``. Two changes, both harmless on Apache Kafka:
+point; ``STREAMREC_BROKER`` keeps ``kafka://``. Four changes, all harmless on Apache Kafka;
+the last two fix Faust + aiokafka races that lost events after a crash on any broker:
 
 * **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Kafka
   answers a fetch as soon as data is there; Tansu holds it for the whole wait, which added
@@ -11,6 +12,9 @@ point; ``STREAMREC_BROKER`` keeps ``kafka://``. Two changes, both harmless on Ap
   it is and table recovery stopped early, dropping the newest context. Before recovery uses
   them, :func:`verified_end_offsets` reads from ``end - 1`` and moves each end past the last
   record actually there.
+* **Pauses.** Faust pauses a partition only in its own bookkeeping: aiokafka went on
+  fetching and handing out records of partitions held back during table recovery, which
+  moved their positions. :class:`Consumer` pauses and resumes aiokafka too.
 * **Partitions never committed.** After table recovery Faust seeks every partition to its
   committed offset, but aiokafka's ``seek_to_committed`` leaves a partition whose committed
   offset is none (or 0) wherever the fetcher got to. The fetcher runs during recovery, so a
@@ -23,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import aiokafka
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +53,23 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TopicPartition, int]:
         """Faust's seek, with input partitions that have no commit (or commit 0) placed too."""
         committed = await super().seek_to_committed()
-        consumer = self._ensure_consumer()
         changelogs = self.app.tables.changelog_topics  # Faust positions these itself
         unplaced = [tp for tp, at in committed.items() if not at and tp.topic not in changelogs]
-        for tp in unplaced:
-            if committed[tp] == 0:
-                consumer.seek(tp, 0)
-        never = [tp for tp in unplaced if committed[tp] is None]
-        if never and self.app.conf.consumer_auto_offset_reset == "latest":
-            await self.call_thread(consumer.seek_to_end, *never)
-        elif never:
-            await self.call_thread(consumer.seek_to_beginning, *never)
-        if unplaced:
-            log.debug("placed partitions with no commit: %s", sorted(map(tuple, unplaced)))
+        if unplaced:  # in the consumer's own thread and loop, as every aiokafka call
+            await self.call_thread(self._place, unplaced, committed)
+            log.info("partitions with no commit placed: %s", sorted(map(tuple, unplaced)))
         return committed
+
+    async def _place(
+        self, partitions: list[TopicPartition], committed: Mapping[TopicPartition, int | None]
+    ) -> None:
+        consumer = self._ensure_consumer()
+        latest = self.app.conf.consumer_auto_offset_reset == "latest"
+        for tp in partitions:
+            if committed[tp] is None and latest:
+                await consumer.seek_to_end(tp)
+            else:  # 0, or the earliest record (an offset retention removed resets to it)
+                consumer.seek(tp, 0)
 
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
         reported = await super()._highwaters(partitions)
@@ -77,10 +85,39 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class Consumer(driver.Consumer):
-    """Faust's aiokafka consumer using :class:`ConsumerThread`."""
+    """Faust's aiokafka consumer using :class:`ConsumerThread`, pausing aiokafka as well."""
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's pause, and aiokafka's: no fetching of partitions Faust holds back."""
+        tpset = set(tps)
+        super().pause_partitions(tpset)
+        self._in_consumer_thread("pause", tpset)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's resume, and aiokafka's."""
+        tpset = set(tps)
+        super().resume_partitions(tpset)
+        self._in_consumer_thread("resume", tpset)
+
+    def _in_consumer_thread(self, method: str, tps: set[TP]) -> None:
+        thread = cast(ConsumerThread, self._thread)
+        loop = getattr(thread, "thread_loop", None)
+        if loop is None or thread._consumer is None:
+            return
+
+        def apply() -> None:
+            consumer = thread._consumer
+            if consumer is None:
+                return
+            assigned = consumer.assignment()
+            mine = [tp for tp in tps if tp in assigned]
+            if mine:
+                getattr(consumer, method)(*mine)
+
+        loop.call_soon_threadsafe(apply)
 
 
 class Transport(driver.Transport):

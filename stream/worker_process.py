@@ -15,7 +15,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -132,6 +133,28 @@ class WorkerProcess:
             time.sleep(0.25)
         msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
         raise StreamrecError(msg)
+
+
+class WorkerGroup:
+    """Workers of one consumer group read as one: counters and summary counts summed."""
+
+    def __init__(self, workers: Sequence[WorkerProcess]) -> None:
+        self.workers = list(workers)
+
+    def stats(self) -> dict[str, Any]:
+        """``/stats/`` of every worker combined (summary means weighted by their counts)."""
+        counters: Counter[str] = Counter()
+        summaries: dict[str, dict[str, float]] = {}
+        for one in (worker.stats() for worker in self.workers):
+            counters.update(one["counters"])
+            for name, summary in one["summaries"].items():
+                into = summaries.setdefault(name, {"count": 0, "sum": 0.0, "max": 0.0})
+                into["count"] += summary["count"]
+                into["sum"] += summary["sum"]
+                into["max"] = max(into["max"], summary["max"])
+        for summary in summaries.values():
+            summary["mean"] = summary["sum"] / summary["count"] if summary["count"] else 0.0
+        return {"counters": dict(counters), "summaries": summaries}
 
 
 @contextlib.contextmanager
