@@ -1,8 +1,10 @@
 """Faust's aiokafka transport, adjusted for what we measured on the embedded broker.
 
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
-point; ``STREAMREC_BROKER`` keeps ``kafka://``. Four changes, all harmless on Apache Kafka;
-the last two fix Faust + aiokafka races that lost events after a crash on any broker:
+point; ``STREAMREC_BROKER`` keeps ``kafka://``. Four changes. The first two only matter on the
+embedded broker; the last two close Faust + aiokafka races, found by the kill -9 test, that
+left a restarted worker idle or skipping events on any broker (one such race remains: the
+kill -9 test still fails 2 runs in 5, so it is opt-in):
 
 * **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Kafka
   answers a fetch as soon as data is there; Tansu holds it for the whole wait, which added

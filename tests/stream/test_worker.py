@@ -233,12 +233,8 @@ def test_librdkafka_client_feeds_events_and_reads_lists(
 
 
 @pytest.mark.slow
-def test_restarted_worker_recovers_context_from_changelog(
-    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
-) -> None:
-    events = sample_events(datasets_dir, users=10, per_user=8)
-    first = worker_factory().start()
-    s = first.settings
+def serve(broker: EmbeddedBroker, s, events: list[Event]) -> dict[str, str]:
+    """Produce ``events``; wait until each user's newest one has a list. Returns user → it."""
     produce(
         broker.bootstrap_servers,
         s.events_topic,
@@ -250,6 +246,16 @@ def test_restarted_worker_recovers_context_from_changelog(
         [s.recommendations_topic],
         lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
     )
+    return last
+
+
+def test_restarted_worker_recovers_context_from_changelog(
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
+) -> None:
+    events = sample_events(datasets_dir, users=10, per_user=8)
+    first = worker_factory().start()
+    s = first.settings
+    serve(broker, s, events)
     assert first.stop() == 0, first.log_text()[-3000:]
     second = first.start()  # same app id, topics and port; a new process with empty memory
     user = events[0].user_id
@@ -282,17 +288,7 @@ def test_a_rocksdb_store_restart_replays_only_the_new_changelog(
     first = worker_factory(STREAMREC_STORE="rocksdb://").start()
     s = first.settings
     wait_until_ready(first)
-    produce(
-        broker.bootstrap_servers,
-        s.events_topic,
-        [(e.user_id.encode(), e.to_json()) for e in events],
-    )
-    last = {ev.user_id: ev.event_id for ev in events}
-    consume_until(
-        broker.bootstrap_servers,
-        [s.recommendations_topic],
-        lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
-    )
+    last = serve(broker, s, events)
     assert first.stop() == 0, first.log_text()[-3000:]
     assert any((Path(s.data_dir)).rglob("*.sst")) or any(Path(s.data_dir).rglob("CURRENT"))
     second = first.start()  # the same data directory: the table is on disk
