@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model_export.model import SequenceRanker
+from stream.diversity import unit_rows
 from stream.errors import ModelExportError
 from stream.queries import tokenize
 from stream.ranking import topk_overlap
@@ -208,9 +209,7 @@ def check_query_encoder_int8(
         vectors.append(rows)
         tops.append(indices[:, :10])
     reference, quantised = vectors
-    cosine = (reference * quantised).sum(axis=1) / np.maximum(
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(quantised, axis=1), 1e-12
-    )
+    cosine = (unit_rows(reference) * unit_rows(quantised)).sum(axis=1)
     overlap = topk_overlap(*tops)
     return {
         "passed": overlap >= INT8_QUERY_TOP10_OVERLAP,

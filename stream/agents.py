@@ -205,17 +205,22 @@ def consumer_lag() -> int:
     return lag
 
 
+def worker_ready() -> bool:
+    """The model is loaded, this worker owns partitions and its context table is recovered."""
+    return (
+        pipeline.scorer is not None and bool(app.assignor.assigned_actives()) and table_recovered()
+    )
+
+
 def stats() -> dict[str, Any]:
     """The worker's figures: readiness, counters, summaries, model, providers, pending users.
 
-    ``ready`` means the model is loaded, this worker owns partitions and its context table is
-    recovered: it is consuming.
+    ``ready`` (:func:`worker_ready`) means the worker is consuming.
     """
     scorer = pipeline.scorer
-    assigned = len(app.assignor.assigned_actives())
     return {
-        "ready": scorer is not None and assigned > 0 and table_recovered(),
-        "assigned_partitions": assigned,
+        "ready": worker_ready(),
+        "assigned_partitions": len(app.assignor.assigned_actives()),
         **metrics.snapshot(),
         "model_version": scorer.model_version if scorer else None,
         "providers": scorer.providers if scorer else [],
@@ -241,11 +246,11 @@ install_prometheus(app, metrics, stats)
 
 @app.page("/ready/")
 class ReadyView(View):
-    """Readiness probe: 200 once :func:`stats` says ``ready``, else 503."""
+    """Readiness probe: 200 once :func:`worker_ready`, else 503."""
 
     async def get(self, request: Request) -> Response:
         """``{"ready": bool}``."""
-        ready = bool(stats()["ready"])
+        ready = worker_ready()
         return self.json({"ready": ready}, status=200 if ready else 503)
 
 

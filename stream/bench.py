@@ -174,7 +174,7 @@ def stream_events(events: Sequence[Event]) -> Iterator[Event]:
 
 async def saturate(
     settings: Settings,
-    worker: WorkerProcess | WorkerGroup,
+    worker: WorkerGroup,
     events: Sequence[Event],
     warmup: float,
     window: float,

@@ -33,7 +33,7 @@ class Summary:
     max: float = 0.0
     bounds: tuple[float, ...] = ()
     #: Observations ≤ each bound (not cumulative; one more slot for those above all bounds).
-    bucket_counts: list[int] = field(default_factory=list)
+    bucket_counts: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.bucket_counts = [0] * (len(self.bounds) + 1) if self.bounds else []
