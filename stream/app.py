@@ -16,6 +16,7 @@ app = faust.App(
     broker_credentials=broker_credentials(settings),
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=settings.heartbeat_interval_s,
+    broker_commit_interval=settings.commit_interval_s,
     producer_linger=settings.producer_linger_ms / 1000.0,
     store=settings.store,
     table_standby_replicas=settings.standby_replicas,

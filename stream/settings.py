@@ -48,6 +48,11 @@ class Settings:
         10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
     )
     heartbeat_interval_s: float = _setting(2.0, "Consumer heartbeat interval.")
+    commit_interval_s: float = _setting(
+        2.8,
+        "How often handled events' offsets are committed; after a crash, up to this much "
+        "traffic is handled again (duplicates carry the same `trigger_event_id`).",
+    )
     producer_linger_ms: float = _setting(
         5.0,
         "How long the worker's producer gathers lists and changelog writes into one request.",
@@ -204,12 +209,10 @@ class Settings:
             if getattr(self, name) < 1:
                 msg = f"{PREFIX}{name.upper()} must be >= 1, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
-        if self.batch_max_wait_ms <= 0 or self.session_timeout_s <= 0:
-            msg = (
-                "STREAMREC_BATCH_MAX_WAIT_MS and STREAMREC_SESSION_TIMEOUT_S must be > 0, got "
-                f"{self.batch_max_wait_ms!r} and {self.session_timeout_s!r}"
-            )
-            raise ConfigError(msg)
+        for name in ("batch_max_wait_ms", "session_timeout_s", "commit_interval_s"):
+            if getattr(self, name) <= 0:
+                msg = f"{PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
         if self.model_reload_s < 0:
             msg = f"STREAMREC_MODEL_RELOAD_S must be >= 0, got {self.model_reload_s!r}"
             raise ConfigError(msg)

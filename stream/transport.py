@@ -1,10 +1,9 @@
 """Faust's aiokafka transport, adjusted for what we measured on the embedded broker.
 
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
-point; ``STREAMREC_BROKER`` keeps ``kafka://``. Four changes. The first two only matter on the
-embedded broker; the last two close Faust + aiokafka races, found by the kill -9 test, that
-left a restarted worker idle or skipping events on any broker (one such race remains: the
-kill -9 test still fails 2 runs in 5, so it is opt-in):
+point; ``STREAMREC_BROKER`` keeps ``kafka://``. Five changes. The first two only matter on the
+embedded broker; the last three close Faust + aiokafka races, found by the kill -9 test, that
+left a restarted worker idle or skipping events on any broker:
 
 * **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Kafka
   answers a fetch as soon as data is there; Tansu holds it for the whole wait, which added
@@ -23,19 +22,26 @@ kill -9 test still fails 2 runs in 5, so it is opt-in):
   worker that started on events its group had never committed (the first worker of a group,
   or one killed before its first commit) skipped them. :meth:`ConsumerThread.seek_to_committed`
   places such partitions explicitly: at 0, or by ``consumer_auto_offset_reset`` when none.
+* **Seeks while records are delivered.** Faust seeks to the committed offsets after table
+  recovery while its fetch loop runs. Records fetched before the seek and delivered after
+  it set the read offsets past the committed ones, and the records re-fetched from there
+  were dropped as already read: a range of events skipped, then committed past.
+  :meth:`Consumer.perform_seek` stops the flow and waits for the loop to hand its batch back
+  before it seeks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, cast
 
 import aiokafka
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TP
+from faust.types import TP, Message
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +93,53 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class Consumer(driver.Consumer):
-    """Faust's aiokafka consumer using :class:`ConsumerThread`, pausing aiokafka as well."""
+    """Faust's aiokafka consumer: :class:`ConsumerThread`, aiokafka pauses, quiet seeks."""
+
+    #: Longest wait for the fetch loop to hand back its batch before a seek.
+    seek_quiesce_s = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_out = 0
+        self._no_batch_out = asyncio.Event()
+        self._no_batch_out.set()
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's fetch, counted while its records are being handed to streams."""
+        self._batches_out += 1
+        self._no_batch_out.clear()
+        try:
+            async for tp, message in super().getmany(timeout):
+                yield tp, message
+        finally:
+            self._batches_out -= 1
+            if not self._batches_out:
+                self._no_batch_out.set()
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to committed offsets, made while no fetched batch is being delivered.
+
+        Faust seeks after table recovery with the flow running. A batch fetched before the
+        seek but delivered after it moved the read offsets past the committed ones again, and
+        the records re-fetched from the committed offset were then dropped as already read.
+        The flow is stopped (which makes the fetch loop hand back its batch), the seek made,
+        and the flow resumed.
+        """
+        running = self.flow_active
+        if running:
+            self.stop_flow()
+            try:
+                await asyncio.wait_for(self._no_batch_out.wait(), self.seek_quiesce_s)
+            except asyncio.TimeoutError:
+                log.warning("fetch loop still busy after %.0f s: seeking", self.seek_quiesce_s)
+        try:
+            await super().perform_seek()
+        finally:
+            if running:
+                self.resume_flow()
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's pause, and aiokafka's: no fetching of partitions Faust holds back."""

@@ -378,17 +378,15 @@ def test_a_new_model_version_takes_over_without_a_restart(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("RUN_KILL9_TEST") != "1",
-    reason="2 runs in 5 still leave events unprocessed after a kill before the first commit "
-    "(a Faust read-offset race, issue 6); the guarantee is not claimed yet",
+@pytest.mark.parametrize(
+    ("kill_when", "commit_interval_s"), [("before_first_commit", "600"), ("after_commits", "0.5")]
 )
 def test_kill_9_mid_stream_loses_no_context_and_no_list(
-    broker: EmbeddedBroker, worker_factory, datasets_dir: Path
+    broker: EmbeddedBroker, worker_factory, datasets_dir: Path, kill_when, commit_interval_s
 ) -> None:
     events = sample_events(datasets_dir, users=100, per_user=40)
     assert len(events) >= 3000
-    first = worker_factory().start()
+    first = worker_factory(STREAMREC_COMMIT_INTERVAL_S=commit_interval_s).start()
     s = first.settings
     wait_until_ready(first)
     produce(
@@ -401,17 +399,28 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         [s.recommendations_topic],
         lambda got: len(got[s.recommendations_topic]) >= 100,
     )
+    if kill_when == "after_commits":
+        deadline = time.monotonic() + 30
+        while not any(group_offsets(broker, s.app_id, s.events_topic)["committed"].values()):
+            assert time.monotonic() < deadline, "no offset committed:\n" + first.log_text()[-3000:]
+            time.sleep(0.2)
     killed_at = time.time_ns() // 1_000_000
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    at_kill = group_offsets(broker, s.app_id, s.events_topic, s.topic_partitions)
+    at_kill = group_offsets(broker, s.app_id, s.events_topic)
+    committed = {p: at for p, at in at_kill["committed"].items() if at}
+    assert bool(committed) == (kill_when == "after_commits"), at_kill
+    assert sum(committed.values()) < sum(at_kill["end"].values()), at_kill  # mid-stream
+    restarted = time.monotonic()
     second = first.start()  # same group, topics and changelog; a new process with empty memory
     wait_until_ready(second, timeout=90)
+    recovery_s = time.monotonic() - restarted
     last = {e.user_id: e.event_id for e in events}
     got = consume_until(
         broker.bootstrap_servers,
         [s.recommendations_topic],
         lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
     )
+    caught_up_s = time.monotonic() - restarted
     received = [Recommendation.from_json(v) for _, v in got[s.recommendations_topic]]
     # at-least-once: every user's newest event is reflected by a list; duplicates share a trigger
     missing = set(last.values()) - {r.trigger_event_id for r in received}
@@ -420,11 +429,17 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         get_json(f"{second.web}/stats/")[1]["counters"],
         {"at_kill": at_kill["committed"]},
         task_dump(second),
-        group_offsets(broker, s.app_id, s.events_topic, s.topic_partitions),
+        group_offsets(broker, s.app_id, s.events_topic),
         where_missing(broker, s, missing, events, received, killed_at),
     )
     duplicates = len(received) - len({r.trigger_event_id for r in received})
-    print(f"events {len(events)}, lists {len(received)}, duplicate triggers {duplicates}")
+    counters = get_json(f"{second.web}/stats/")[1]["counters"]
+    print(
+        f"kill -9 {kill_when}: events {len(events)}, committed at kill {sum(committed.values())}, "
+        f"lists {len(received)}, duplicate triggers {duplicates}, "
+        f"changelog records applied {counters.get('changelog_records_applied')}, "
+        f"ready after {recovery_s:.1f} s, caught up after {caught_up_s:.1f} s"
+    )
     # every context equals the crash-free fold of the user's events
     assert_contexts_match_a_fold(second, events, list(last)[::10])
 
@@ -488,15 +503,13 @@ def where_missing(broker, s, missing, events, received, killed_at) -> dict[str, 
     return report
 
 
-def group_offsets(
-    broker: EmbeddedBroker, group: str, topic: str, partitions: int
-) -> dict[str, object]:
+def group_offsets(broker: EmbeddedBroker, group: str, topic: str) -> dict[str, dict[int, int]]:
     """The group's committed offsets and the topic's end offsets (for failure messages)."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    async def run() -> dict[str, object]:
+    async def run() -> dict[str, dict[int, int]]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False
         )
