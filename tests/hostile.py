@@ -9,6 +9,10 @@ import orjson
 GOOD = {"v": 1, "event_id": "e", "user_id": "u", "type": "click", "item_id": "1", "ts": 1_000}
 
 
+HUGE_EVERY = 1_000  # one message in this many is a 1.2 MB one
+HUGE_BYTES = 1_200_000
+
+
 def _event(**changes: object) -> bytes:
     body = {**GOOD, **changes}
     return orjson.dumps({k: v for k, v in body.items() if v is not _DROP})
@@ -23,6 +27,9 @@ def _nested(depth: int) -> bytes:
 
 def hostile_messages(count: int, seed: int = 0) -> list[tuple[bytes | None, bytes, str | None]]:
     """``count`` bad messages ``(key, value, reason)``, cycling through every kind.
+
+    One in :data:`HUGE_EVERY` is a 1.2 MB event instead: producing the corpus needs a
+    ``max_request_size`` above that.
 
     ``reason`` is the dead-letter reason the worker must give; ``None`` for random bytes,
     whose reason depends on what the bytes happen to be.
@@ -58,5 +65,7 @@ def hostile_messages(count: int, seed: int = 0) -> list[tuple[bytes | None, byte
     messages = []
     for i in range(count):
         key, value, reason = kinds[i % len(kinds)](i)
+        if i % HUGE_EVERY == HUGE_EVERY - 1:  # past Kafka's default 1 MB message limit
+            key, value, reason = b"u", _event(item_id="x" * HUGE_BYTES), "too_large"
         messages.append((key, value, reason))
     return messages

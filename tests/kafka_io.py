@@ -8,10 +8,14 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+MAX_REQUEST_BYTES = 4 << 20  # room for the hostile corpus's 1.2 MB messages
+
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
     async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_REQUEST_BYTES
+        )
         await producer.start()
         try:
             futures = [await producer.send(topic, value, key=key) for key, value in messages]

@@ -541,7 +541,7 @@ def test_ten_thousand_hostile_messages_between_good_traffic(
 ) -> None:
     from collections import Counter
 
-    from tests.hostile import hostile_messages
+    from tests.hostile import HUGE_BYTES, HUGE_EVERY, hostile_messages
 
     live = worker_factory().start()
     s = live.settings
@@ -577,12 +577,18 @@ def test_ten_thousand_hostile_messages_between_good_traffic(
     reasons = Counter(letter["reason"] for letter in letters)
     expected = Counter(reason for _, _, reason in bad if reason is not None)
     assert not expected - reasons, expected - reasons  # each kind rejected for its reason
-    # a safe prefix of each payload (16 KiB, base64), never a 70 KB one whole
+    # a safe prefix of each payload (16 KiB, base64), never a 70 KB or 1.2 MB one whole
     assert max(len(v) for _, v in got[s.dlq_topic]) < 25_000
+    huge = [letter for letter in letters if letter["payload_bytes"] > HUGE_BYTES]
+    assert len(huge) == len(bad) // HUGE_EVERY
+    assert {(letter["reason"], letter["truncated"]) for letter in huge} == {("too_large", True)}
     lists = lists_by_trigger(got[s.recommendations_topic])
     assert set(last.values()) <= set(lists)  # good traffic still served
     assert all(len(lists[e].items) == s.top_k for e in last.values())
     growth = rss_mb(live.process.pid) - rss_before
+    text = live.log_text()  # no payloads in the log, and one line per reason, not per message
+    assert "x" * 100 not in text and "u" * 100 not in text and "\\ud800" not in text
+    assert text.count("dead-lettered") <= 2 * len(reasons), text.count("dead-lettered")
     print(f"dead letters {len(letters)}, lists {len(lists)}, RSS growth {growth:.0f} MB")
     assert growth < 150, growth  # bounded: nothing of the bad input is kept
 
