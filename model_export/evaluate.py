@@ -1,10 +1,10 @@
 """Offline evaluation on the test split: the model, its ablation and baselines, several seeds.
 
-Protocol (README, "Evaluation"): leave-one-out in time order (:mod:`model_export.split`),
+Protocol (docs/model.md, "Evaluation"): leave-one-out in time order (:mod:`model_export.split`),
 full ranking over every catalogue item, the user's earlier items excluded under the shared
 exclusion policy (``seen`` for MovieLens). Metrics at K=10: HR, NDCG, MRR and catalogue
-coverage. Every method is scored by :func:`stream.ranking.top_k` and
-:func:`stream.ranking.ranking_metrics` on the same examples.
+coverage. Every method is scored by :func:`model_export.ranking.top_k` and
+:func:`model_export.ranking.ranking_metrics` on the same examples.
 
 Diversity: the model's lists are also re-ranked by :func:`stream.diversity.rerank` (the
 worker's code) at several weights, reporting HR/NDCG@10 with intra-list diversity measured
@@ -24,13 +24,13 @@ import torch
 
 from model_export.baselines import ItemKNNConfig, itemknn, most_popular, tune_itemknn
 from model_export.model import RankerConfig
-from model_export.split import EvalExamples, ExcludePolicy, Split
+from model_export.ranking import intra_list_diversity, masked_scores, ranking_metrics, top_k
+from model_export.split import EvalExamples, Split
 from model_export.text import embed
 from model_export.train import QUERY_SEPARATOR, TrainConfig, TrainedModel, predict, train
 from stream.diversity import rerank, unit_rows
-from stream.manifest import PAD_INDEX
-from stream.ranking import intra_list_diversity, masked_scores, ranking_metrics, top_k
-from stream.scorer import Scorer
+from stream.scorer import Scorer, exclude_matrix
+from stream.settings import ExcludePolicy
 
 K = 10
 METRICS = (f"hr@{K}", f"ndcg@{K}", f"mrr@{K}", f"coverage@{K}")
@@ -74,10 +74,6 @@ def evaluate_model_dir(
     top = np.zeros((len(examples.targets), K), dtype=np.int64)
     for start in range(0, len(examples.targets), batch):
         rows = slice(start, start + batch)
-        excluded = examples.excluded[rows]
-        exclude_ids = np.full((len(excluded), max(1, *map(len, excluded))), PAD_INDEX)
-        for r, items in enumerate(excluded):
-            exclude_ids[r, : len(items)] = items
         lists = scorer.decode(
             *scorer.run(
                 {
@@ -85,7 +81,7 @@ def evaluate_model_dir(
                     "event_types": examples.event_types[rows],
                     "query_ids": examples.query_ids[rows] + 1,  # -1 (none) is row 0
                     "query_table": query_table,
-                    "exclude_ids": exclude_ids.astype(np.int64),
+                    "exclude_ids": exclude_matrix(examples.excluded[rows]),
                 }
             )
         )

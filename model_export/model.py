@@ -1,6 +1,6 @@
 """The sequence ranker: one self-contained module, configured by :class:`RankerConfig`.
 
-Design (README, "Model"):
+Design (docs/model.md):
 
 * **Items** are vectors in one ``dim``-space: a learned id embedding plus a projection of the
   item's text embedding from the behaviour-fine-tuned MiniLM (:mod:`model_export.text`).
@@ -24,11 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stream.manifest import EVENT_TYPE_IDS
+
 #: Score given to excluded items and padding (and masked attention); finite in fp16, far
 #: below any real score. The worker drops anything at or below ``stream.scorer.MASKED_SCORE``.
 MASK_SCORE = -30000.0
-NUM_EVENT_TYPES = 4  # padding, click, search, purchase
-CLICK = 1
+NUM_EVENT_TYPES = len(EVENT_TYPE_IDS) + 1  # padding (0), then the contract's event types
+CLICK = EVENT_TYPE_IDS["click"]
 TEXT_DIM = 384  # MiniLM-L6's sentence embedding size
 
 

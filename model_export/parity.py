@@ -26,10 +26,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model_export.model import SequenceRanker
+from model_export.ranking import topk_overlap
 from stream.diversity import unit_rows
 from stream.errors import ModelExportError
+from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
 from stream.queries import tokenize
-from stream.ranking import topk_overlap
 
 SCORE_TOLERANCE = 1e-4
 TOP10_IDENTICAL = 0.999
@@ -50,14 +51,16 @@ def ranker_inputs(model: SequenceRanker, batch: int, *, seed: int = 0) -> dict[s
     cfg = model.config
     length = cfg.history_length
     item_ids = rng.integers(1, cfg.num_items + 1, size=(batch, length), dtype=np.int64)
-    event_types = rng.choice(np.array([1, 1, 1, 2, 3]), size=(batch, length)).astype(np.int64)
+    click, search, purchase = (EVENT_TYPE_IDS[t] for t in ("click", "search", "purchase"))
+    mix = np.array([click, click, click, search, purchase])  # mostly clicks, as in real logs
+    event_types = rng.choice(mix, size=(batch, length)).astype(np.int64)
     keep = rng.integers(0, length + 1, size=batch)
     keep[: min(batch, 2)] = [1, 0][: min(batch, 2)]  # a length-1 history and an empty one
     for row, n in enumerate(keep):
         item_ids[row, : length - n] = 0
         event_types[row, : length - n] = 0
-    item_ids[event_types == 2] = 0  # searches name no item
-    searches = event_types == 2
+    searches = event_types == search
+    item_ids[searches] = PAD_INDEX  # searches name no item
     query_table = rng.normal(0, 0.3, size=(int(searches.sum()) + 1, cfg.dim)).astype(np.float32)
     query_table[0] = 0.0
     query_ids = np.zeros((batch, length), dtype=np.int64)

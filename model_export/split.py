@@ -20,6 +20,12 @@ import numpy as np
 from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
 from stream.records import Event
 
+# Which items are removed from a list: the worker (``STREAMREC_EXCLUDE``), replay and
+# evaluation share the policy. Evaluation excludes every earlier item; the worker remembers
+# the last ``STREAMREC_MAX_SEEN`` (1000) distinct ones, which is the same set for any user
+# below that (every MovieLens user).
+from stream.settings import ExcludePolicy
+
 CLICK = EVENT_TYPE_IDS["click"]
 PURCHASE = EVENT_TYPE_IDS["purchase"]
 NO_QUERY = -1
@@ -27,11 +33,10 @@ Target = Literal["valid", "test"]
 #: How much of each user's interactions a statistic may see: up to the validation target,
 #: up to the test target, or everything (serving).
 Horizon = Literal["valid", "test", "all"]
-#: Which items are removed from a list: ``purchased`` only, or everything ``seen``. The worker
-#: (``STREAMREC_EXCLUDE``), replay and evaluation share this policy. Evaluation excludes every
-#: earlier item; the worker remembers the last ``STREAMREC_MAX_SEEN`` (1000) distinct ones,
-#: which is the same set for any user below that (every MovieLens user).
-ExcludePolicy = Literal["purchased", "seen"]
+#: Interactions (clicks on catalogue items) a user needs to have validation and test targets:
+#: the last is the test target, the one before it the validation target, and at least one
+#: more is history. The replay's leave-one-out protocol (``--final-only``) uses the same rule.
+MIN_INTERACTIONS = 3
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,7 @@ def build_split(events: Iterable[Event], items: Sequence[str]) -> Split:
             dtype=np.int64,
         )
         clicks = np.flatnonzero((types == CLICK) & (item_ids != PAD_INDEX))
-        valid_pos, test_pos = (int(clicks[-2]), int(clicks[-1])) if len(clicks) >= 3 else (-1, -1)
+        enough = len(clicks) >= MIN_INTERACTIONS
+        valid_pos, test_pos = (int(clicks[-2]), int(clicks[-1])) if enough else (-1, -1)
         sequences.append(UserSequence(user, item_ids, types, query_ids, valid_pos, test_pos))
     return Split(tuple(sequences), len(items), tuple(query_index))

@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from model_export.cooccurrence import CoocConfig, cooccurrence
 from model_export.model import CLICK, RankerConfig, SequenceRanker
-from model_export.split import EvalExamples, ExcludePolicy, Horizon, Split, TrainWindows
+from model_export.ranking import ranking_metrics, top_k
+from model_export.split import EvalExamples, Horizon, Split, TrainWindows
 from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
 from stream.manifest import EVENT_TYPE_IDS
-from stream.ranking import ranking_metrics, top_k
+from stream.settings import ExcludePolicy
 
 SEARCH = EVENT_TYPE_IDS["search"]
 QUERY_SEPARATOR = " | "
@@ -41,7 +42,7 @@ QUERY_SEPARATOR = " | "
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (defaults: the full MovieLens model, about 5 min on 2 cores)."""
+    """Optimisation settings (defaults: the full MovieLens model; docs/model.md says how long)."""
 
     epochs: int = 30
     batch_size: int = 128

@@ -1,100 +1,76 @@
-"""``python -m stream``: ``worker`` and Faust's commands, plus streamrec's own tools.
+"""``python -m stream``: the worker and Faust's other commands, plus streamrec's tools.
 
-``bench``, ``broker``, ``demo``, ``replay`` and ``settings`` run without building the Faust
-app; anything else is handed to Faust's command line (``python -m stream worker -l info``).
+``settings`` prints the worker's settings. ``broker``, ``demo``, ``replay`` and ``bench`` are
+tools (:mod:`stream.tools`); each checks first that the extra it needs is installed. Anything
+else goes to Faust's command line (``python -m stream worker``), once the settings parsed:
+a bad ``STREAMREC_*`` value stops every command with one line naming the variable.
 """
 
 from __future__ import annotations
 
-import argparse
-import signal
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from stream.broker import EmbeddedBroker
 from stream.errors import StreamrecError
+from stream.extras import require_extra
 from stream.settings import Settings, settings_table
 
-
-def broker_main(argv: Sequence[str]) -> int:
-    """Run the embedded broker in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stream broker",
-        description="Start the embedded Kafka-protocol broker (Tansu, memory storage) on "
-        "127.0.0.1 in the foreground. Everything it holds is lost when it stops.",
-    )
-    parser.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    broker = EmbeddedBroker(args.port, binary=settings.tansu_bin, log_file=None)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    broker.start()
-    print(f"broker listening on {broker.bootstrap_servers}", flush=True)
-    print(f"export STREAMREC_BROKER={broker.url}", flush=True)
-    try:
-        assert broker.process is not None
-        code = broker.process.wait()
-        print(f"broker exited with code {code}", file=sys.stderr)
-        return code or 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        broker.stop()
+#: Tool commands: the module whose ``main(argv) -> int`` runs it, and the extra it needs.
+TOOLS: dict[str, tuple[str, str | None]] = {
+    "broker": ("stream.tools.broker", None),
+    "demo": ("stream.tools.demo", "export"),
+    "replay": ("stream.tools.replay", "export"),
+    "bench": ("stream.tools.bench", "export"),
+}
+#: ``STREAMREC_LOG_LEVEL`` as Faust's ``--loglevel``.
+FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
 
 
 def settings_main(argv: Sequence[str]) -> int:
-    """Print every STREAMREC_* variable with its default and the value in force."""
+    """Print every worker variable with its default, then the values in force."""
     del argv
+    settings = Settings.from_env()
     print(settings_table())
     print()
-    print(Settings.from_env())
+    print(settings)
     return 0
 
 
-def demo_main(argv: Sequence[str]) -> int:
-    """Run the end-to-end demo (see :mod:`stream.demo`)."""
-    from stream.demo import main as run_demo
-
-    return run_demo(argv)
-
-
-def bench_main(argv: Sequence[str]) -> int:
-    """Benchmark the streaming path against the model alone (see :mod:`stream.bench`)."""
-    from stream.bench import main as run_bench
-
-    return run_bench(argv)
+def tool_main(name: str, argv: Sequence[str]) -> int:
+    """Run one tool, after checking that its extra is installed."""
+    module, extra = TOOLS[name]
+    if extra is not None:
+        require_extra(extra, f"python -m stream {name}")
+    run = importlib.import_module(module).main
+    code: int = run(argv)
+    return code
 
 
-def replay_main(argv: Sequence[str]) -> int:
-    """Backtest a model over an event log (see :mod:`stream.replay`)."""
-    from stream.replay import main as run_replay
-
-    return run_replay(argv)
-
-
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "broker": broker_main,
-    "settings": settings_main,
-    "demo": demo_main,
-    "replay": replay_main,
-    "bench": bench_main,
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to a streamrec command, or to Faust's command line."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        try:
-            return COMMANDS[args[0]](args[1:])
-        except StreamrecError as exc:
-            print(f"streamrec: {exc}", file=sys.stderr)
-            return 2
+def faust_main(args: list[str]) -> int:
+    """Faust's command line over the one App; the worker logs at ``STREAMREC_LOG_LEVEL``."""
+    settings = Settings.from_env()  # before the App's module reads them, so errors are one line
+    if args[:1] == ["worker"] and not any(a.startswith(("-l", "--loglevel")) for a in args):
+        args = [*args, f"--loglevel={FAUST_LOG_LEVELS[settings.log_level]}"]
     from stream.app import app
 
     sys.argv = [sys.argv[0], *args]
     app.main()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a streamrec command, or to Faust's command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["settings"]:
+            return settings_main(args[1:])
+        if args and args[0] in TOOLS:
+            return tool_main(args[0], args[1:])
+        return faust_main(args)
+    except StreamrecError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from stream.records import Event
-from stream.settings import Settings
+from stream.settings import ExcludePolicy, Settings
 
 #: 2 added ``seen``; a version-1 context reads with ``seen`` taken from its events.
 CONTEXT_VERSION = 2
@@ -44,7 +44,7 @@ class UserContext:
     purchased: tuple[str, ...] = ()
     seen: tuple[str, ...] = ()
 
-    def excluded_items(self, policy: str) -> list[str]:
+    def excluded_items(self, policy: ExcludePolicy) -> list[str]:
         """Items that must not be recommended under ``policy`` (``purchased`` or ``seen``)."""
         if policy == "purchased":
             return list(self.purchased)

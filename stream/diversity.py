@@ -8,7 +8,7 @@ the highest
 
 where relevance is the ranker's score scaled to ``[0, 1]`` within the user's candidates.
 ``λ = 0`` keeps the ranker's order exactly; larger values trade relevance for intra-list
-diversity (README, "Diversity", has the measured trade-off). The vectors are the ranker's
+diversity (docs/model.md, "Diversity", has the measured trade-off). The vectors are the ranker's
 own item vectors, exported as ``item_vectors.npy``. The worker, the replay tool and
 ``python -m model_export evaluate`` all call :func:`rerank`.
 """

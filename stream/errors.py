@@ -53,3 +53,7 @@ class ModelExportError(StreamrecError):
 
     Read the listed mismatches; re-run the export, or report the exporter bug.
     """
+
+
+class MissingExtra(StreamrecError):
+    """A command needs an optional dependency set: install the extra its message names."""

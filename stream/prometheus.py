@@ -4,7 +4,7 @@ One registry per worker holds two collectors: Faust's own monitor (messages per 
 partition, commit and send latency, rebalances: ``faust_*``), and :class:`WorkerCollector`,
 which renders :class:`~stream.metrics.Metrics` and the worker's gauges at scrape time
 (``streamrec_*``). Counters end in ``_total``; millisecond summaries become ``_seconds``
-histograms. The names are listed in the README's *Metrics* table.
+histograms. The names are listed in docs/operations.md (Metrics).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Wire contracts, defined once: the input event, the recommendation list, the dead letter.
 
 Each contract is versioned (``v``) and has a JSON Schema in ``stream/schemas/``, reproduced
-in the README. The worker validates events with :func:`parse_event` (hand-written for speed;
-a test checks it agrees with the schema) and serialises with orjson.
+in docs/contracts.md. The worker validates events with :func:`parse_event` (hand-written
+for speed; a test checks it agrees with the schema) and serialises with orjson.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from stream.errors import InvalidEvent
+from stream.settings import Settings
 
 EVENT_VERSION = 1
 RECOMMENDATION_VERSION = 1
@@ -34,6 +35,11 @@ class Limits:
     max_event_bytes: int = 65536
     max_id_chars: int = 256
     max_query_chars: int = 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The worker's limits."""
+        return cls(settings.max_event_bytes, settings.max_id_chars, settings.max_query_chars)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,10 @@ class Event:
         if self.query is not None:
             body["query"] = self.query
         return orjson.dumps(body)
+
+    def to_message(self) -> tuple[bytes, bytes]:
+        """``(key, value)`` as produced to the events topic: keyed by the user id."""
+        return self.user_id.encode(), self.to_json()
 
 
 def parse_event(raw: bytes | None, key: bytes | None = None, limits: Limits = Limits()) -> Event:

@@ -31,7 +31,7 @@ from stream.manifest import (
     load_manifest,
 )
 from stream.queries import QueryEncoder, load_tokenizer
-from stream.settings import Settings
+from stream.settings import ExcludePolicy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,18 @@ def choose_providers(requested: str) -> list[str]:
     return [CPU]
 
 
+def exclude_matrix(rows: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
+    """The ranker's ``exclude_ids`` input: each row's item indices, right-padded with 0.
+
+    At least one column wide (a batch where nobody excludes anything still has the input).
+    """
+    width = max(1, max((len(r) for r in rows), default=0))
+    matrix = np.full((len(rows), width), PAD_INDEX, dtype=np.int64)
+    for row, items in enumerate(rows):
+        matrix[row, : len(items)] = items
+    return matrix
+
+
 def open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
     """An ONNX Runtime session with the worker's options (full graph optimisation)."""
     options = ort.SessionOptions()
@@ -97,7 +109,7 @@ class Scorer:
         provider: str = "auto",
         intra_op_threads: int = 0,
         top_k: int = 20,
-        exclude: str = "purchased",
+        exclude: ExcludePolicy = "purchased",
         query_cache_size: int = 10_000,
         query_precision: str = "auto",
         diversity: float = 0.0,
@@ -208,11 +220,9 @@ class Scorer:
         event_types = np.zeros((batch, history), dtype=np.int64)
         query_ids = np.zeros((batch, history), dtype=np.int64)
         searches: list[tuple[int, int, str]] = []
-        excluded = [
-            [self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts
-        ]
-        width = max(1, max((len(e) for e in excluded), default=0))
-        exclude_ids = np.zeros((batch, width), dtype=np.int64)
+        exclude_ids = exclude_matrix(
+            [[self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts]
+        )
         for row, ctx in enumerate(contexts):
             recent = ctx.events[-history:]
             start = history - len(recent)  # left-padded: the newest event is last
@@ -221,7 +231,6 @@ class Scorer:
                 event_types[row, col] = EVENT_TYPE_IDS[ev.type]
                 if ev.query:
                     searches.append((row, col, ev.query))
-            exclude_ids[row, : len(excluded[row])] = excluded[row]
         query_table = np.zeros((1, self.manifest.query_dim), dtype=np.float32)
         if searches and self.queries is not None:
             vectors = self.queries.encode([q for _, _, q in searches])

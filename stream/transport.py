@@ -1,7 +1,9 @@
 """Faust's aiokafka transport, adjusted for what we measured on the embedded broker.
 
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
-point; ``STREAMREC_BROKER`` keeps ``kafka://``. Five changes. The first two only matter on the
+point; ``STREAMREC_BROKER`` keeps ``kafka://``. The worker's settings are reached through
+the App (``app.streamrec``, see :mod:`stream.app`), never imported. Five changes, and the
+consumer lag the worker reports (:meth:`Consumer.lag`). The first two only matter on the
 embedded broker; the last three close Faust + aiokafka races, found by the kill -9 test, that
 left a restarted worker idle or skipping events on any broker:
 
@@ -15,7 +17,8 @@ left a restarted worker idle or skipping events on any broker:
   record actually there.
 * **Pauses.** Faust pauses a partition only in its own bookkeeping: aiokafka went on
   fetching and handing out records of partitions held back during table recovery, which
-  moved their positions. :class:`Consumer` pauses and resumes aiokafka too.
+  moved their positions. :class:`Consumer` pauses and resumes aiokafka too
+  (:func:`mirror_pause`: aiokafka wants its own ``TopicPartition``, not Faust's ``TP``).
 * **Partitions never committed.** After table recovery Faust seeks every partition to its
   committed offset, but aiokafka's ``seek_to_committed`` leaves a partition whose committed
   offset is none (or 0) wherever the fetcher got to. The fetcher runs during recovery, so a
@@ -40,6 +43,7 @@ from typing import Any, cast
 
 import aiokafka
 from aiokafka import TopicPartition
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
 
@@ -52,10 +56,10 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
     """Faust's consumer thread, with our fetch wait applied to the consumer it builds."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
-        from stream.app import settings  # the worker's one settings object
-
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = int(settings.fetch_max_wait_ms)  # read at consumer start
+        settings = getattr(self.app, "streamrec", None)  # stream.app.App carries them
+        if settings is not None:  # read at consumer start
+            consumer._fetch_max_wait_ms = int(settings.fetch_max_wait_ms)
         return consumer
 
     async def seek_to_committed(self) -> Mapping[TopicPartition, int]:
@@ -103,6 +107,9 @@ class Consumer(driver.Consumer):
         self._batches_out = 0
         self._no_batch_out = asyncio.Event()
         self._no_batch_out.set()
+        #: Partitions whose Faust read offset is, since a seek, the next offset to read rather
+        #: than the last one read; each leaves on its first record.
+        self._seeked: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -113,6 +120,8 @@ class Consumer(driver.Consumer):
         self._no_batch_out.clear()
         try:
             async for tp, message in super().getmany(timeout):
+                if self._seeked:
+                    self._seeked.pop(tp, None)
                 yield tp, message
         finally:
             self._batches_out -= 1
@@ -137,9 +146,40 @@ class Consumer(driver.Consumer):
                 log.warning("fetch loop still busy after %.0f s: seeking", self.seek_quiesce_s)
         try:
             await super().perform_seek()
+            self._seeked = {tp: at for tp, at in self._read_offset.items() if at is not None}
         finally:
             if running:
                 self.resume_flow()
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Faust's seek, remembered for :meth:`lag`."""
+        await super().seek(partition, offset)
+        if offset:
+            self._seeked[ensure_TP(partition)] = offset
+
+    def lag(self, partitions: Iterable[TP]) -> int:
+        """Records on ``partitions`` not read yet: broker high watermark − next offset to read.
+
+        Faust keeps the last offset read per partition, except right after a seek, when it
+        holds the offset to read next; both count right here.
+        """
+        lag = 0
+        for tp in partitions:
+            try:
+                highwater = self.highwater(tp)  # None until a fetch of it was answered
+            except AssertionError:  # revoked a moment ago (aiokafka asserts the assignment)
+                highwater = None
+            if highwater is None:
+                continue
+            read = self._read_offset.get(tp)
+            if read is None:
+                following = 0
+            elif self._seeked.get(tp) == read:
+                following = read
+            else:
+                following = read + 1
+            lag += max(0, highwater - following)
+        return lag
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's pause, and aiokafka's: no fetching of partitions Faust holds back."""
@@ -160,15 +200,23 @@ class Consumer(driver.Consumer):
             return
 
         def apply() -> None:
-            consumer = thread._consumer
-            if consumer is None:
-                return
-            assigned = consumer.assignment()
-            mine = [tp for tp in tps if tp in assigned]
-            if mine:
-                getattr(consumer, method)(*mine)
+            if thread._consumer is not None:
+                mirror_pause(thread._consumer, method, tps)
 
         loop.call_soon_threadsafe(apply)
+
+
+def mirror_pause(consumer: aiokafka.AIOKafkaConsumer, method: str, tps: Iterable[TP]) -> None:
+    """Pause or resume, in aiokafka, those of Faust's ``tps`` it is assigned.
+
+    aiokafka accepts only its own ``TopicPartition`` (Faust's ``TP`` is an equal tuple of
+    another type, which it rejects with a ``TypeError``).
+    """
+    assigned = consumer.assignment()
+    mine = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    mine = [tp for tp in mine if tp in assigned]
+    if mine:
+        getattr(consumer, method)(*mine)
 
 
 class Transport(driver.Transport):

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.extras import EXTRAS
 from stream.settings import Settings
-from stream.topics import ensure_topics
+from stream.tools.broker import EmbeddedBroker
+from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT / ".cache" / "datasets"
+
+WorkerFactory = Callable[..., WorkerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -63,80 +61,55 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
     return out
 
 
-class Worker:
-    """A ``python -m stream worker`` subprocess with its own topics and app id."""
+def worker_settings(
+    broker_url: str, model_dir: Path, work_dir: Path, /, **overrides: Any
+) -> Settings:
+    """A test worker's settings: its own group, topics (4 partitions), data directory and port.
 
-    def __init__(self, broker: EmbeddedBroker, model_dir: Path, log_dir: Path, **env: str) -> None:
-        suffix = uuid.uuid4().hex[:8]
-        self.env = {
-            "STREAMREC_BROKER": broker.url,
-            "STREAMREC_MODEL_DIR": str(model_dir),
-            "STREAMREC_APP_ID": f"sr-{suffix}",
-            "STREAMREC_EVENTS_TOPIC": f"events-{suffix}",
-            "STREAMREC_RECOMMENDATIONS_TOPIC": f"recs-{suffix}",
-            "STREAMREC_DLQ_TOPIC": f"dlq-{suffix}",
-            "STREAMREC_TOPIC_PARTITIONS": "4",
-            "STREAMREC_WEB_PORT": str(free_port()),
-            "STREAMREC_DATA_DIR": str(log_dir / f"data-{suffix}"),
-            **env,
-        }
-        self.settings = Settings.from_env(self.env)
-        self.log_dir = log_dir
-        self.process: subprocess.Popen[bytes] | None = None
-        asyncio.run(
-            ensure_topics(
-                broker.bootstrap_servers,
-                [
-                    self.settings.events_topic,
-                    self.settings.recommendations_topic,
-                    self.settings.dlq_topic,
-                ],
-                self.settings.topic_partitions,
-            )
-        )
-
-    @property
-    def web(self) -> str:
-        return f"http://127.0.0.1:{self.settings.web_port}"
-
-    def start(self) -> Worker:
-        log = (self.log_dir / f"{self.settings.app_id}-{time.time_ns()}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker", "-l", "info"],
-            env={**os.environ, **self.env},
-            cwd=self.log_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.log_path = Path(log.name)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        process, self.process = self.process, None
-        if process is None:
-            return 0
-        process.send_signal(sig)
-        try:
-            return process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    ``overrides`` change any field, the model directory included.
+    """
+    base = Settings(broker=broker_url, model_dir=str(model_dir), topic_partitions=4)
+    return fresh_settings(base.with_overrides(**overrides), work_dir, "sr")
 
 
 @pytest.fixture
 def worker_factory(
     broker: EmbeddedBroker, tiny_model_dir: Path, tmp_path: Path
-) -> Iterator[type[Worker]]:
-    started: list[Worker] = []
+) -> Iterator[WorkerFactory]:
+    """Make a (not yet started) worker on new topics; every worker made is stopped at the end.
 
-    def make(**env: str) -> Worker:
-        worker = Worker(broker, tiny_model_dir, tmp_path, **env)
-        started.append(worker)
+    ``make(**overrides)`` takes settings fields; ``settings=`` a whole settings object (a
+    second worker of the same group, say); ``env=`` variables of the test's own.
+    """
+    made: list[WorkerProcess] = []
+
+    def make(
+        settings: Settings | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> WorkerProcess:
+        if settings is None:
+            settings = worker_settings(broker.url, tiny_model_dir, tmp_path, **overrides)
+        create_topics(settings)
+        worker = WorkerProcess(settings, tmp_path, env=env)
+        made.append(worker)
         return worker
 
-    yield make  # type: ignore[misc]
-    for worker in started:
+    yield make
+    for worker in made:
         worker.stop()
+
+
+BLOCK_EXPORT = """
+import sys
+for name in {names!r}:
+    sys.modules[name] = None  # as if the export extra were not installed
+"""
+
+
+@pytest.fixture
+def without_export_extra(tmp_path: Path) -> dict[str, str]:
+    """Variables under which no package of the export extra can be imported (``PYTHONPATH``)."""
+    folder = tmp_path / "no-export-extra"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(BLOCK_EXPORT.format(names=EXTRAS["export"]))
+    paths = [str(folder), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}

@@ -1,14 +1,21 @@
-"""Plain aiokafka producer/consumer helpers for integration tests (no mocks)."""
+"""Kafka helpers for integration tests (no mocks): produce messages, read topics until done.
+
+Reading goes through the product's one reader (:class:`stream.tools.lists.TopicReader`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+
+from stream.records import Event
+from stream.tools.lists import TopicReader
 
 MAX_REQUEST_BYTES = 4 << 20  # room for the hostile corpus's 1.2 MB messages
+
+Received = dict[str, list[tuple[bytes | None, bytes]]]
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
@@ -27,28 +34,25 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     return asyncio.run(run())
 
 
+def produce_events(bootstrap: str, topic: str, events: Iterable[Event]) -> int:
+    """Produce events as a producer should: keyed by their user id."""
+    return produce(bootstrap, topic, (event.to_message() for event in events))
+
+
 def consume_until(
-    bootstrap: str,
-    topics: list[str],
-    done: Callable[[dict[str, list[tuple[bytes | None, bytes]]]], bool],
-    timeout: float = 90.0,
-) -> dict[str, list[tuple[bytes | None, bytes]]]:
+    bootstrap: str, topics: list[str], done: Callable[[Received], bool], timeout: float = 90.0
+) -> Received:
     """Read ``topics`` from the start until ``done(received)`` or ``timeout`` seconds."""
+    received: Received = {t: [] for t in topics}
 
-    async def run() -> dict[str, list[tuple[bytes | None, bytes]]]:
-        consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
-        )
-        await consumer.start()
-        received: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in topics}
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline and not done(received):
-                batch = await consumer.getmany(timeout_ms=500)
-                for tp, records in batch.items():
-                    received[tp.topic].extend((r.key, r.value) for r in records)
-        finally:
-            await consumer.stop()
-        return received
+    async def run() -> None:
+        async with TopicReader(bootstrap, topics) as reader:
+            await reader.follow(
+                lambda r: received[r.topic].append((r.key, r.value)),
+                lambda: done(received),
+                timeout_s=timeout,
+                poll_ms=500,
+            )
 
-    return asyncio.run(run())
+    asyncio.run(run())
+    return received

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.bench import environment, movielens_contexts, timed_rate
+from model_export.data import DataSettings, movielens_items
+from model_export.ranking import topk_overlap
 from stream.manifest import RANKER, RANKER_FP16
-from stream.ranking import topk_overlap
 from stream.scorer import CPU, CUDA, Scorer, open_session
 from stream.settings import Settings
+from stream.tools.bench import environment, movielens_contexts, timed_rate
 
 BATCHES = (1, 8, 32, 128, 512, 1024, 2048, 4096)
 QUERY_BATCHES = (1, 16, 64, 256, 1024)
@@ -87,8 +88,6 @@ def query_rates(scorer: Scorer, titles: list[str], seconds: float) -> dict[str, 
 
 def main(argv: list[str]) -> int:
     """Run the sweep, print (and optionally write) its JSON."""
-    from model_export.data import movielens_items
-
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.model_sweep")
     parser.add_argument("--seconds", type=float, default=2.0, help="per figure (2)")
     parser.add_argument("--out", default="", help="also write the JSON here")
@@ -96,7 +95,7 @@ def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     cpu = Scorer.from_settings(settings.with_overrides(provider="cpu"))
     contexts = movielens_contexts(settings, 10_000)  # every user
-    titles = [item.title for item in movielens_items(settings.datasets_dir)]
+    titles = [item.title for item in movielens_items(DataSettings.from_env().datasets_dir)]
     figures: dict[str, Any] = {
         "environment": environment(cpu, settings),
         "users": len(contexts),

@@ -7,11 +7,11 @@ import onnxruntime as ort
 import orjson
 import pytest
 
+from model_export.ranking import topk_overlap
 from stream.context import apply_event
 from stream.diversity import unit_rows
 from stream.errors import ModelLoadError
 from stream.manifest import MANIFEST_FILE, QUERY_ENCODER, QUERY_ENCODER_INT8
-from stream.ranking import topk_overlap
 from stream.records import Event
 from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
 
@@ -112,7 +112,7 @@ def test_search_events_change_the_list_and_repeated_queries_hit_the_cache(scorer
 
 
 def test_diversity_reorders_the_same_candidates_into_a_more_varied_list(tiny_model_dir, scorer):
-    from stream.ranking import intra_list_diversity
+    from model_export.ranking import intra_list_diversity
 
     diverse = Scorer(tiny_model_dir, provider="cpu", top_k=20, diversity=0.7)
     assert diverse.item_vectors is not None

@@ -58,3 +58,25 @@ def test_password_is_never_in_repr_and_table_documents_every_variable():
 def test_to_env_round_trips():
     s = Settings.from_env({"STREAMREC_TOP_K": "7", "STREAMREC_WEB_ENABLED": "false"})
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_tool_settings_live_apart_from_the_workers():
+    from model_export.data import DataSettings
+    from stream.tools.broker import BrokerSettings
+
+    env = {"STREAMREC_TANSU_BIN": "/opt/tansu", "STREAMREC_DATASETS_DIR": "/data"}
+    assert BrokerSettings.from_env(env).tansu_bin == "/opt/tansu"
+    assert DataSettings.from_env(env).datasets_dir == "/data"
+    worker = Settings.table()
+    assert "STREAMREC_TANSU_BIN" not in worker and "STREAMREC_DATASETS_DIR" not in worker
+
+
+def test_the_exclusion_policy_is_one_type_for_every_reader():
+    from typing import get_args
+
+    from stream.settings import ExcludePolicy
+
+    assert get_args(ExcludePolicy) == ("purchased", "seen")
+    assert Settings.from_env({"STREAMREC_EXCLUDE": "seen"}).exclude == "seen"
+    with pytest.raises(ConfigError, match="must be one of purchased, seen"):
+        Settings.from_env({"STREAMREC_EXCLUDE": "everything"})

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.ranking import gains, target_ranks
+from model_export.ranking import gains, target_ranks
+from model_export.split import MIN_INTERACTIONS
 from stream.records import Event
 
 KS = (5, 10, 20)
@@ -28,8 +29,6 @@ KS = (5, 10, 20)
 HEADLINE_K = 10
 #: Time buckets of the NDCG-over-time series.
 TIME_BUCKETS = 30
-#: Interactions a user needs to be scored by ``final_only`` (validation + test + history).
-MIN_INTERACTIONS = 3
 Z_95 = 1.959964
 
 

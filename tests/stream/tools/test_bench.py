@@ -2,7 +2,7 @@
 
 import json
 
-from stream.bench import main
+from stream.tools.bench import main
 
 FIGURES = {
     "model_only_users_per_s",

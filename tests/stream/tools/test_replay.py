@@ -7,11 +7,11 @@ import pytest
 from model_export.data import movielens_events
 from model_export.evaluate import evaluate_model_dir
 from model_export.split import build_split
-from stream.backtest import by_user
 from stream.manifest import load_manifest
-from stream.replay import main, replay
-from stream.replay_report import PLOTS, build_report
 from stream.settings import Settings
+from stream.tools.backtest import by_user
+from stream.tools.replay import main, replay
+from stream.tools.replay_report import PLOTS, build_report
 
 
 @pytest.fixture(scope="module")

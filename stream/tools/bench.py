@@ -41,16 +41,18 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from stream.backtest import by_user
-from stream.broker import EmbeddedBroker
+from model_export.data import DataSettings, movielens_events, movielens_items
 from stream.context import ContextLimits, UserContext, apply_event
 from stream.queries import QueryEncoder
 from stream.records import Event, Recommendation
 from stream.scorer import Scorer
 from stream.settings import Settings
-from stream.worker_process import WorkerGroup, WorkerProcess, worker_on_fresh_topics
+from stream.tools.backtest import by_user
+from stream.tools.broker import EmbeddedBroker, free_port
+from stream.tools.lists import TopicReader
+from stream.tools.worker_process import WorkerGroup, WorkerProcess, worker_on_fresh_topics
 
 QUERY_BATCH = 64
 #: Seconds a profiled worker is given to start before the saturation phase.
@@ -88,11 +90,10 @@ def timed_rate(step: Any, units: int, seconds: float) -> float:
 
 def movielens_contexts(settings: Settings, count: int) -> list[UserContext]:
     """The newest contexts of ``count`` MovieLens users, built by the worker's update rule."""
-    from model_export.data import movielens_events
-
     limits = ContextLimits.from_settings(settings)
     contexts = []
-    for events in list(by_user(movielens_events(settings.datasets_dir)).values())[:count]:
+    datasets_dir = DataSettings.from_env().datasets_dir
+    for events in list(by_user(movielens_events(datasets_dir)).values())[:count]:
         context = None
         for ev in events:
             context, _ = apply_event(
@@ -204,8 +205,8 @@ async def saturate(
                 await asyncio.sleep(0.2)
                 continue
             for _ in range(1000):
-                ev = next(source)
-                await producer.send(settings.events_topic, ev.to_json(), key=ev.user_id.encode())
+                key, value = next(source).to_message()
+                await producer.send(settings.events_topic, value, key=key)
             produced += 1000
 
     task = asyncio.create_task(flood())
@@ -240,47 +241,40 @@ async def latency_at(
 ) -> dict:
     """Offer ``rate`` events/s for ``window`` s; event ``ts`` → list arrival percentiles."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=1)
-    consumer = AIOKafkaConsumer(
-        settings.recommendations_topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    )
-    await producer.start()
-    await consumer.start()
-    await consumer.seek_to_end()
     latencies: list[float] = []
     first_ts = time.time_ns() // 1_000_000
     stop = asyncio.Event()
 
-    async def read() -> None:
-        while not stop.is_set():
-            for records in (await consumer.getmany(timeout_ms=100)).values():
-                arrived = time.time_ns() / 1e6
-                for record in records:
-                    rec = Recommendation.from_json(record.value)
-                    if rec.event_ts >= first_ts:  # lists of earlier phases are not counted
-                        latencies.append(arrived - rec.event_ts)
+    def arrived(record: ConsumerRecord) -> None:
+        rec = Recommendation.from_json(record.value)
+        if rec.event_ts >= first_ts:  # lists of earlier phases are not counted
+            latencies.append(time.time_ns() / 1e6 - rec.event_ts)
 
-    reader = asyncio.create_task(read())
-    try:
-        source = stream_events(events)
-        started = time.monotonic()
-        sent = 0
-        while (now := time.monotonic() - started) < window:
-            due = sent / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            ev = next(source)
-            await producer.send(settings.events_topic, ev.to_json(), key=ev.user_id.encode())
-            sent += 1
-        await producer.flush()
-        await asyncio.sleep(1.0)  # the tail's lists
-    finally:
-        stop.set()
-        await reader
-        await consumer.stop()
-        await producer.stop()
+    await producer.start()
+    async with TopicReader(
+        settings.bootstrap_servers,
+        [settings.recommendations_topic],
+        from_end=True,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    ) as lists:
+        reader = asyncio.create_task(lists.follow(arrived, stop.is_set))
+        try:
+            source = stream_events(events)
+            started = time.monotonic()
+            sent = 0
+            while (now := time.monotonic() - started) < window:
+                due = sent / rate
+                if due > now:
+                    await asyncio.sleep(due - now)
+                key, value = next(source).to_message()
+                await producer.send(settings.events_topic, value, key=key)
+                sent += 1
+            await producer.flush()
+            await asyncio.sleep(1.0)  # the tail's lists
+        finally:
+            stop.set()
+            await reader
+            await producer.stop()
     values = np.array(latencies)
     pct = {
         f"p{q}_ms": float(np.percentile(values, q)) if len(values) else None for q in (50, 95, 99)
@@ -356,8 +350,7 @@ def environment(scorer: Scorer, settings: Settings) -> dict:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict:
     """Every phase; returns the figures."""
-    from model_export.data import movielens_events, movielens_items
-
+    datasets_dir = DataSettings.from_env().datasets_dir
     batch = settings.batch_max_users
     scorer = Scorer.from_settings(settings)
     figures: dict[str, Any] = {
@@ -365,20 +358,20 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
     }
     contexts = movielens_contexts(settings, max(batch, 1))
     figures |= model_only(scorer, contexts, batch, args.model_seconds)
-    titles = [item.title for item in movielens_items(settings.datasets_dir)]
+    titles = [item.title for item in movielens_items(datasets_dir)]
     figures |= query_figures(scorer, titles, args.model_seconds)
-    events = interleaved(movielens_events(settings.datasets_dir))
+    events = interleaved(movielens_events(datasets_dir))
     work = Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if not args.broker:
             log = stack.enter_context((work / "broker.log").open("wb"))
-            broker = stack.enter_context(EmbeddedBroker(log_file=log, binary=settings.tansu_bin))
+            broker = stack.enter_context(EmbeddedBroker(log_file=log))
             settings = settings.with_overrides(broker=broker.url)
         else:
             settings = settings.with_overrides(broker=args.broker)
         profile = work / "worker-profile.txt" if args.profile else None
-        live, worker = stack.enter_context(
+        worker = stack.enter_context(
             worker_on_fresh_topics(
                 settings,
                 work,
@@ -387,11 +380,12 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
                 profile_s=WORKER_START_S + args.warmup + args.window,
             )
         )
+        live = worker.settings
         more = [  # the same group and topics; each its own data directory and port
             stack.enter_context(
                 WorkerProcess(
-                    live.with_overrides(data_dir=f"{live.data_dir}-{i}").to_env(),
-                    work / f"{live.app_id}-{i}.log",
+                    live.with_overrides(data_dir=f"{live.data_dir}-{i}", web_port=free_port()),
+                    work,
                 )
             )
             for i in range(1, args.workers)

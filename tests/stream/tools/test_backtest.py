@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from stream.backtest import (
+from stream.records import Event
+from stream.tools.backtest import (
     ReplayRun,
     by_user,
     compare,
@@ -11,7 +12,6 @@ from stream.backtest import (
     score_events,
     summarise,
 )
-from stream.records import Event
 
 CATALOGUE = ("a", "b", "c", "d")
 

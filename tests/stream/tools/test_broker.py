@@ -1,7 +1,7 @@
 import pytest
 
-from stream.broker import EmbeddedBroker, find_tansu, port_open
 from stream.errors import BrokerError
+from stream.tools.broker import EmbeddedBroker, find_tansu, port_open
 from tests.kafka_io import consume_until, produce
 
 

@@ -1,0 +1,245 @@
+"""A ``python -m stream worker`` subprocess: the one helper tools and tests drive workers with.
+
+:class:`WorkerProcess` starts a worker with a :class:`~stream.settings.Settings` (passed as
+``STREAMREC_*`` variables on top of the environment), reads its web endpoints, waits until it
+consumes, stops it with a signal (SIGTERM, then SIGKILL after 30 s) and starts it again on
+the same group, topics, data directory and port. :func:`fresh_settings` gives a worker its
+own app id, topics, data directory and web port; :func:`worker_on_fresh_topics` creates those
+topics and yields a consuming worker. :class:`WorkerGroup` reads several workers as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from stream.errors import StreamrecError
+from stream.settings import Settings
+from stream.tools.broker import free_port
+from stream.tools.topics import ensure_topics, streamrec_topics
+
+#: Seconds a worker is given to exit after a signal before it is killed.
+STOP_TIMEOUT_S = 30.0
+
+
+def fresh_settings(settings: Settings, work_dir: Path, name: str = "worker") -> Settings:
+    """``settings`` with a new app id (consumer group), topics, data directory and web port."""
+    suffix = f"{name}-{uuid.uuid4().hex[:8]}"
+    return settings.with_overrides(
+        app_id=suffix,
+        events_topic=f"{suffix}-events",
+        recommendations_topic=f"{suffix}-recommendations",
+        dlq_topic=f"{suffix}-dlq",
+        data_dir=str(Path(work_dir, suffix).resolve()),
+        web_port=free_port(),
+    )
+
+
+class WorkerProcess:
+    """One worker subprocess with ``settings``; each start logs to a new file in ``log_dir``.
+
+    ``env`` adds variables of its own (``PYTHONPATH`` for a test's fault injection, say);
+    ``command`` replaces ``python -m stream worker`` (``faust -A stream.app worker``, say).
+    With ``profile``, the worker runs under ``py-spy record`` for ``profile_s`` seconds (raw
+    stacks written to ``profile``; py-spy then ends the worker).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "stream", "worker"),
+        profile: Path | None = None,
+        profile_s: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.command = list(command)
+        self.log_dir = Path(log_dir)
+        self.env = {**os.environ, **settings.to_env(), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        #: Workers of one group share an app id; the port tells their logs apart.
+        self.name = f"{settings.app_id}-{settings.web_port}"
+        self.log_path = self.log_dir / f"{self.name}.log"
+        self.profile, self.profile_s = profile, profile_s
+        self._starts = 0
+
+    @property
+    def web(self) -> str:
+        """Base URL of the worker's web endpoint."""
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def _command(self) -> list[str]:
+        worker = self.command
+        if self.profile is None:
+            return worker
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            msg = "profiling needs py-spy: .venv/bin/pip install py-spy"
+            raise StreamrecError(msg)
+        return [
+            str(spy),
+            "record",
+            "-d",
+            str(int(self.profile_s)),
+            "-f",
+            "raw",
+            "-o",
+            str(self.profile),
+            "--",
+            *worker,
+        ]
+
+    def start(self) -> WorkerProcess:
+        """Start the worker (again, after :meth:`stop`: same group, topics, data and port)."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self._starts += 1
+        suffix = f"-{self._starts}" if self._starts > 1 else ""
+        self.log_path = self.log_dir / f"{self.name}{suffix}.log"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self._command(), env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the worker and wait for it (killed after 30 s); its exit code.
+
+        ``None`` if it was not running. A profiled worker is left to py-spy, which writes its
+        file and ends the worker on time.
+        """
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is not None:
+            return process.returncode
+        if self.profile is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(self.profile_s + STOP_TIMEOUT_S)
+            if process.poll() is not None:
+                return process.returncode
+        process.send_signal(sig)
+        try:
+            return process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        """What the worker has logged since its latest start."""
+        return self.log_path.read_text(errors="replace")
+
+    def get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """``GET`` one of the worker's endpoints: (HTTP status, decoded JSON body)."""
+        url = self.web + path
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    def stats(self) -> dict[str, Any]:
+        """The worker's ``/stats/`` (counters and summaries)."""
+        body: dict[str, Any] = self.get_json("/stats/")[1]
+        return body
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Poll ``/stats/`` until the worker consumes; returns the seconds waited.
+
+        Raises:
+            StreamrecError: the worker exited, or was not consuming after ``timeout``.
+        """
+        assert self.process is not None, "wait_ready() before start()"
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                msg = f"the worker exited with code {self.process.returncode}; see {self.log_path}"
+                raise StreamrecError(msg)
+            with contextlib.suppress(OSError, ValueError):
+                if self.get_json("/stats/", timeout=2)[1].get("ready"):
+                    return time.monotonic() - started
+            time.sleep(0.25)
+        msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
+        raise StreamrecError(msg)
+
+
+class WorkerGroup:
+    """Workers of one consumer group read as one: counters and summary counts summed."""
+
+    def __init__(self, workers: Sequence[WorkerProcess]) -> None:
+        self.workers = list(workers)
+
+    def stats(self) -> dict[str, Any]:
+        """``/stats/`` of every worker combined (summary means weighted by their counts)."""
+        counters: Counter[str] = Counter()
+        summaries: dict[str, dict[str, float]] = {}
+        for one in (worker.stats() for worker in self.workers):
+            counters.update(one["counters"])
+            for name, summary in one["summaries"].items():
+                into = summaries.setdefault(name, {"count": 0, "sum": 0.0, "max": 0.0})
+                into["count"] += summary["count"]
+                into["sum"] += summary["sum"]
+                into["max"] = max(into["max"], summary["max"])
+        for summary in summaries.values():
+            summary["mean"] = summary["sum"] / summary["count"] if summary["count"] else 0.0
+        return {"counters": dict(counters), "summaries": summaries}
+
+
+def create_topics(settings: Settings) -> None:
+    """Create the topics a worker with ``settings`` reads and writes, with its partitions."""
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
+        )
+    )
+
+
+@contextlib.contextmanager
+def worker_on_fresh_topics(
+    settings: Settings,
+    work_dir: Path,
+    name: str = "tool",
+    *,
+    profile: Path | None = None,
+    profile_s: float = 0.0,
+) -> Iterator[WorkerProcess]:
+    """A consuming worker with ``settings`` on new topics and a new group of its broker.
+
+    The worker's :attr:`WorkerProcess.settings` name those topics (for the tool's clients);
+    it is stopped when the block ends.
+    """
+    settings = fresh_settings(settings, work_dir, name)
+    create_topics(settings)
+    # the worker runs with exactly these settings (exclusion, top-K, batching, ...)
+    worker = WorkerProcess(settings, work_dir, profile=profile, profile_s=profile_s)
+    with worker:
+        worker.wait_ready()
+        yield worker

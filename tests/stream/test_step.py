@@ -1,0 +1,96 @@
+"""The per-event step without Faust: a dict for the table, lists and dead letters in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import orjson
+
+from stream.context import UserContext
+from stream.metrics import Metrics
+from stream.pipeline import ScoringPipeline
+from stream.records import Event, Recommendation
+from stream.settings import Settings
+from stream.step import EventStep, Origin
+
+
+class BrokenStore(dict):
+    """A table whose writes fail: a stand-in for a bug below the step."""
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        raise RuntimeError("disk on fire")
+
+
+def run_step(
+    model_dir: Path, store: MutableMapping[str, bytes], messages: list[tuple[bytes | None, bytes]]
+) -> tuple[list[Recommendation], list[dict], list[int], Metrics]:
+    """Each message through one EventStep; returns lists, dead letters, acked offsets, metrics."""
+    settings = Settings(model_dir=str(model_dir), model_reload_s=0)
+    lists: list[Recommendation] = []
+    letters: list[dict] = []
+    acked: list[int] = []
+    metrics = Metrics()
+
+    async def send_list(user_id: str, value: bytes) -> None:
+        lists.append(Recommendation.from_json(value))
+
+    async def send_dead_letter(value: bytes) -> None:
+        letters.append(orjson.loads(value))
+
+    async def run() -> None:
+        pipeline = ScoringPipeline(settings, metrics, send_list)
+        step = EventStep(settings, metrics, store, pipeline, send_dead_letter)
+        await pipeline.start()
+        try:
+            await pipeline.wait_ready()
+            for offset, (key, value) in enumerate(messages):
+
+                async def ack(offset: int = offset) -> None:
+                    acked.append(offset)
+
+                await step(value, key, Origin("events", 3, offset), ack)
+        finally:
+            await pipeline.stop()  # publishes what is pending
+
+    asyncio.run(run())
+    return lists, letters, acked, metrics
+
+
+def test_valid_events_are_remembered_scored_and_acked_after_their_list(tiny_model_dir):
+    events = [
+        Event("a", "u1", "click", 1, item_id="1"),
+        Event("b", "u1", "purchase", 2, item_id="1"),
+        Event("c", "u2", "search", 3, query="toy story"),
+    ]
+    store: dict[str, bytes] = {}
+    messages = [e.to_message() for e in events]
+    lists, letters, acked, metrics = run_step(tiny_model_dir, store, messages)
+    assert not letters and sorted(acked) == [0, 1, 2]
+    context = UserContext.from_bytes(store["u1"])
+    assert context is not None and context.purchased == ("1",)
+    assert {rec.user_id: rec.trigger_event_id for rec in lists} == {"u1": "b", "u2": "c"}
+    assert metrics.counters["events_in"] == 3 and metrics.counters["lists_out"] >= 2
+
+
+def test_invalid_input_is_dead_lettered_with_where_it_was_read(tiny_model_dir):
+    good = Event("a", "u1", "click", 1, item_id="1")
+    lists, letters, acked, metrics = run_step(
+        tiny_model_dir, {}, [(b"u1", b"{nope"), (b"u2", good.to_json()), good.to_message()]
+    )
+    assert [(x["reason"], x["partition"], x["offset"]) for x in letters] == [
+        ("not_json", 3, 0),
+        ("key_mismatch", 3, 1),
+    ]
+    assert sorted(acked) == [0, 1, 2]  # dead letters are acked too: the partition moves on
+    assert [rec.trigger_event_id for rec in lists] == ["a"]
+    assert metrics.counters["events_invalid"] == 2
+
+
+def test_a_bug_below_the_step_dead_letters_the_message_and_the_worker_goes_on(tiny_model_dir):
+    event = Event("a", "u1", "click", 1, item_id="1")
+    lists, letters, acked, metrics = run_step(tiny_model_dir, BrokenStore(), [event.to_message()])
+    assert [x["reason"] for x in letters] == ["internal_error"]
+    assert "RuntimeError: disk on fire" in letters[0]["detail"]
+    assert acked == [0] and not lists

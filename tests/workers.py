@@ -1,0 +1,155 @@
+"""What the worker integration tests share: real MovieLens samples and checks of their output."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from model_export.data import movielens_events
+from stream.context import ContextLimits, UserContext, update_context
+from stream.records import Event, Recommendation
+from stream.settings import Settings
+from stream.tools.broker import EmbeddedBroker
+from stream.tools.lists import TopicReader
+from stream.tools.worker_process import WorkerProcess
+from tests.kafka_io import consume_until, produce_events
+
+
+def sample_events(datasets_dir: Path, users: int, per_user: int) -> list[Event]:
+    """Real MovieLens events: the first ``per_user`` of the first ``users`` users seen."""
+    taken: dict[str, int] = defaultdict(int)
+    chosen = []
+    for ev in movielens_events(datasets_dir):
+        if ev.user_id not in taken and len(taken) >= users:
+            continue
+        if taken[ev.user_id] < per_user:
+            taken[ev.user_id] += 1
+            chosen.append(ev)
+    return chosen
+
+
+def lists_by_trigger(received: list[tuple[bytes | None, bytes]]) -> dict[str, Recommendation]:
+    return {r.trigger_event_id: r for r in (Recommendation.from_json(v) for _, v in received)}
+
+
+def serve(broker: EmbeddedBroker, s: Settings, events: list[Event]) -> dict[str, str]:
+    """Produce ``events``; wait until each user's newest one has a list. Returns user → it."""
+    produce_events(broker.bootstrap_servers, s.events_topic, events)
+    last = {ev.user_id: ev.event_id for ev in events}
+    consume_until(
+        broker.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+    )
+    return last
+
+
+def assert_contexts_match_a_fold(
+    worker: WorkerProcess, events: list[Event], users: Iterable[str]
+) -> None:
+    """The worker's context of each of ``users`` equals the fold of all their events."""
+    folded: dict[str, bytes] = {}
+    for ev in events:
+        update_context(folded, ev, ContextLimits.from_settings(worker.settings))
+    for user in users:
+        status, body = worker.get_json(f"/context/{user}/")
+        assert status == 200, (user, status, body, worker.log_text()[-3000:])
+        expected = UserContext.from_bytes(folded[user])
+        assert expected is not None
+        assert body["events"] == [list(e) for e in expected.events]
+        assert tuple(body["purchased"]) == expected.purchased
+
+
+def assert_no_traceback(worker: WorkerProcess) -> None:
+    """A worker's log of a normal run holds no Python traceback."""
+    text = worker.log_text()
+    assert "Traceback" not in text, text[text.index("Traceback") - 500 :][:4000]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def task_dump(worker: WorkerProcess) -> str:
+    """Every asyncio task's stack, which mode's worker logs on SIGUSR1 (for failure messages)."""
+    assert worker.process is not None
+    size = worker.log_path.stat().st_size
+    worker.process.send_signal(signal.SIGUSR1)
+    time.sleep(3)
+    text = worker.log_text()[size:]
+    keep = [block for block in text.split("Task") if "stream/" in block or "faust/" in block]
+    return "Task".join(keep)[-8000:]
+
+
+def group_offsets(broker: EmbeddedBroker, group: str, topic: str) -> dict[str, dict[int, int]]:
+    """The group's committed offsets and the topic's end offsets, by partition."""
+
+    async def run() -> dict[str, dict[int, int]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+            ]
+            ends = await consumer.end_offsets(partitions)
+            return {
+                "committed": {tp.partition: await consumer.committed(tp) for tp in partitions},
+                "end": {tp.partition: ends[tp] for tp in partitions},
+            }
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def where_missing(broker, s, missing, events, received, killed_at) -> dict[str, object]:
+    """For each missing trigger: its partition/offset, the user's last events and lists."""
+
+    async def offsets(topic: str, field: str) -> dict[str, list[tuple[int, int]]]:
+        found: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        async with TopicReader(broker.bootstrap_servers, [topic]) as reader:
+            await reader.follow(
+                lambda r: found[orjson.loads(r.value)[field]].append((r.partition, r.offset)),
+                lambda: False,
+                timeout_s=10,
+                poll_ms=500,
+            )
+        return found
+
+    at = {k: v[0] for k, v in asyncio.run(offsets(s.events_topic, "event_id")).items()}
+    # the lists as a second, fresh reader finds them: were they written, or not read?
+    lists_at = asyncio.run(offsets(s.recommendations_topic, "user_id"))
+    per_partition: dict[int, list[int]] = defaultdict(list)
+    for places in lists_at.values():
+        for partition, offset in places:
+            per_partition[partition].append(offset)
+    report: dict[str, object] = {
+        "killed_at": killed_at,
+        "lists_by_partition": {p: (len(o), max(o)) for p, o in sorted(per_partition.items())},
+    }
+    for trigger in missing:
+        user = next(e.user_id for e in events if e.event_id == trigger)
+        mine = [e.event_id for e in events if e.user_id == user]
+        report[trigger] = {
+            "at": at.get(trigger),
+            "user_events_tail": [(e, at.get(e)) for e in mine[-4:]],
+            "lists": [
+                (r.trigger_event_id, at.get(r.trigger_event_id), r.generated_ts - killed_at)
+                for r in received
+                if r.user_id == user
+            ][-6:],
+            "lists_found_again": lists_at.get(user, [])[-4:],
+        }
+    return report
