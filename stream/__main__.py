@@ -1,9 +1,11 @@
 """``python -m stream``: the worker and Faust's other commands, plus streamrec's tools.
 
-``settings`` prints the worker's settings. ``broker``, ``demo``, ``replay`` and ``bench`` are
-tools (:mod:`stream.tools`); each checks first that the extra it needs is installed. Anything
-else goes to Faust's command line (``python -m stream worker``), once the settings parsed:
-a bad ``STREAMREC_*`` value stops every command with one line naming the variable.
+``settings`` prints the worker's settings; ``worker --processes N`` (``auto``: one per core)
+runs N workers of one group under a supervisor (:mod:`stream.supervisor`). ``broker``,
+``demo``, ``replay`` and ``bench`` are tools (:mod:`stream.tools`); each checks first that
+the extra it needs is installed. Anything else goes to Faust's command line (``python -m
+stream worker``), once the settings parsed: a bad ``STREAMREC_*`` value stops every command
+with one line naming the variable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from stream.errors import StreamrecError
 from stream.extras import require_extra
 from stream.settings import Settings, settings_table
+from stream.supervisor import split_processes, supervise
 
 #: Tool commands: the module whose ``main(argv) -> int`` runs it, and the extra it needs.
 TOOLS: dict[str, tuple[str, str | None]] = {
@@ -48,10 +51,17 @@ def tool_main(name: str, argv: Sequence[str]) -> int:
 
 
 def faust_main(args: list[str]) -> int:
-    """Faust's command line over the one App; the worker logs at ``STREAMREC_LOG_LEVEL``."""
+    """Faust's command line over the one App; the worker logs at ``STREAMREC_LOG_LEVEL``.
+
+    ``worker --processes N`` runs N workers under :mod:`stream.supervisor`.
+    """
     settings = Settings.from_env()  # before the App's module reads them, so errors are one line
-    if args[:1] == ["worker"] and not any(a.startswith(("-l", "--loglevel")) for a in args):
-        args = [*args, f"--loglevel={FAUST_LOG_LEVELS[settings.log_level]}"]
+    if args[:1] == ["worker"]:
+        processes, args = split_processes(args)
+        if not any(a.startswith(("-l", "--loglevel")) for a in args):
+            args = [*args, f"--loglevel={FAUST_LOG_LEVELS[settings.log_level]}"]
+        if processes > 1:
+            return supervise(settings, args, processes)
     from stream.app import app
 
     sys.argv = [sys.argv[0], *args]

@@ -23,6 +23,7 @@ from stream import views
 from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
 from stream.runtime import Outputs, Runtime
+from stream.settings import Settings
 from stream.step import Origin
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
@@ -43,14 +44,8 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     def _check(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Refuse to start on a model or a web port that cannot be served, saying why."""
         logging.getLogger("stream").setLevel(settings.log_level.upper())
-        try:
-            manifest = load_manifest(settings.model_dir)
-        except ModelLoadError as exc:
-            msg = f"streamrec: cannot start the worker: {exc}"
-            raise SystemExit(msg) from None
-        if settings.web_enabled:
-            _check_web_port(settings.web_host, settings.web_port)
-        log.info("serving model %s from %s", manifest.model_version, settings.model_dir)
+        version = check_can_serve(settings)
+        log.info("serving model %s from %s", version, settings.model_dir)
 
     @app.agent(runtime.events_topic, name="score-events")
     async def score_events(stream: StreamT) -> None:
@@ -71,7 +66,7 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
             await runtime.step(
                 message.value,
                 message.key,
-                Origin(message.topic, message.partition, message.offset),
+                Origin(message.topic, message.partition, message.offset, event),
                 functools.partial(manual.ack, event),
             )
 
@@ -84,6 +79,22 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     runtime.agent = score_events
     views.install(app, runtime)
     return runtime
+
+
+def check_can_serve(settings: Settings) -> str:
+    """The model version a worker with ``settings`` would serve; else exit with one line.
+
+    Raises:
+        SystemExit: the model directory cannot be served, or the web port is taken.
+    """
+    try:
+        manifest = load_manifest(settings.model_dir)
+    except ModelLoadError as exc:
+        msg = f"streamrec: cannot start the worker: {exc}"
+        raise SystemExit(msg) from None
+    if settings.web_enabled:
+        _check_web_port(settings.web_host, settings.web_port)
+    return manifest.model_version
 
 
 def _check_web_port(host: str, port: int) -> None:

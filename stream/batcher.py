@@ -3,8 +3,9 @@
 The batcher knows nothing of Kafka: the worker and the replay tool both drive it. A user
 with several new events is scored once per batch (the newest context and trigger win; every
 event's ack token rides along). A batch flushes when ``max_users`` users or ``max_events``
-events are pending, or ``max_wait_s`` after its first pending user. Scoring runs in a thread
-pool; at most ``max_inflight`` batches are being scored or published at once, and
+events are pending, or ``max_wait_s`` after its first pending user; ``on_cut`` runs as a
+batch is cut, before it is scored (the worker writes the batch's contexts then). Scoring runs
+in a thread pool; at most ``max_inflight`` batches are being scored or published at once, and
 :meth:`Batcher.add` waits while that bound is reached (backpressure, not unbounded memory).
 Batches are published in the order they were cut, so a user's newer list never precedes an
 older one.
@@ -67,9 +68,11 @@ class Batcher:
         max_events: int,
         max_inflight: int,
         metrics: Metrics | None = None,
+        on_cut: Callable[[], None] | None = None,
     ) -> None:
         self._score = score
         self._publish = publish
+        self._on_cut = on_cut
         self.max_users = max_users
         self.max_wait_s = max_wait_s
         self.max_events = max_events
@@ -136,6 +139,8 @@ class Batcher:
             self._pending = {}
             self._pending_events = 0
             self._wakeup.clear()
+            if self._on_cut is not None:
+                self._on_cut()  # before anything of the batch can be published and acked
             batch = Batch(users=users, cut_at=time.monotonic())
             await self._slots.acquire()  # blocks the caller while max_inflight are busy
             loop = asyncio.get_running_loop()

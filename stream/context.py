@@ -98,6 +98,16 @@ class ContextLimits:
             settings.max_seen if settings.exclude == "seen" else 0,
         )
 
+    def apply(self, context: UserContext | None, event: Event) -> tuple[UserContext, bool]:
+        """:func:`apply_event` within these limits."""
+        return apply_event(
+            context,
+            event,
+            max_events=self.max_events,
+            max_purchased=self.max_purchased,
+            max_seen=self.max_seen,
+        )
+
 
 def apply_event(
     context: UserContext | None,
@@ -129,13 +139,7 @@ def update_context(
     store: MutableMapping[str, bytes], event: Event, limits: ContextLimits
 ) -> tuple[UserContext, bool]:
     """Apply ``event`` to its user's stored context; writes back only if it changed."""
-    context, changed = apply_event(
-        UserContext.from_bytes(store.get(event.user_id)),
-        event,
-        max_events=limits.max_events,
-        max_purchased=limits.max_purchased,
-        max_seen=limits.max_seen,
-    )
+    context, changed = limits.apply(UserContext.from_bytes(store.get(event.user_id)), event)
     if changed:
         store[event.user_id] = context.to_bytes()
     return context, changed

@@ -7,11 +7,12 @@ takes over between batches, so no event waits or is dropped. Each list is stampe
 version of the model that scored it; a directory that cannot be served yet (being copied,
 a hash mismatch) is logged and retried while the current model keeps serving.
 
-Sending is injected, so the worker publishes to Kafka and the replay tool can collect lists
-in memory through the same code.
-Each event's ack runs only after the list reflecting it was handed to the producer; Faust
-flushes the producer before it commits offsets, so a crash never skips a list
-(at-least-once; duplicates carry the same ``trigger_event_id``).
+Publishing is injected, so the worker publishes to Kafka and the replay tool can collect
+lists in memory through the same code; a batch's lists are handed over in one call. Each
+event's ack runs only after the list reflecting it was handed to the producer; Faust flushes
+the producer before it commits offsets, so a crash never skips a list (at-least-once;
+duplicates carry the same ``trigger_event_id``). :attr:`ScoringPipeline.before_scoring`
+runs as each batch is cut (the per-event step writes the batch's contexts then).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[str, bytes], Awaitable[Any]]
+#: Publishes a batch's lists: (user id, list as on the wire) pairs.
+PublishFn = Callable[[list[tuple[str, bytes]]], Awaitable[Any]]
 AckFn = Callable[[], Awaitable[Any]]
 
 
@@ -58,11 +60,15 @@ class ScoredBatch:
 class ScoringPipeline(Service):
     """Batch-scores users and publishes one list per scored user."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, send_list: SendFn, **kwargs: Any):
+    def __init__(
+        self, settings: Settings, metrics: Metrics, publish_lists: PublishFn, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
-        self._send_list = send_list
+        self._publish_lists = publish_lists
+        #: Runs as each batch is cut, before it is scored.
+        self.before_scoring: Callable[[], None] | None = None
         self.scorer: Scorer | None = None
         self.batcher: Batcher | None = None
         self._ready = asyncio.Event()
@@ -82,11 +88,21 @@ class ScoringPipeline(Service):
             max_events=s.batch_max_events,
             max_inflight=s.max_inflight_batches,
             metrics=self.metrics,
+            on_cut=self._on_cut,
         )
         await self.batcher.start()
         if s.model_reload_s > 0:
             self._watcher = asyncio.create_task(self._watch_model(s.model_reload_s))
         self._ready.set()
+
+    def _on_cut(self) -> None:
+        if self.before_scoring is None:
+            return
+        try:
+            self.before_scoring()
+        except Exception:  # the batch is still scored and published; the failure is loud
+            log.exception("writing the contexts of a batch failed")
+            self.metrics.inc("context_writes_failed")
 
     def _score(self, contexts: Sequence[UserContext]) -> ScoredBatch:
         scorer = self.scorer  # the model in force when this batch is scored
@@ -171,6 +187,7 @@ class ScoringPipeline(Service):
         else:
             generated = now_ms()
             version = outcome.model_version
+            lists = []
             for user, ranked in zip(batch.users, outcome.lists, strict=True):
                 rec = Recommendation(
                     user_id=user.user_id,
@@ -180,9 +197,10 @@ class ScoringPipeline(Service):
                     event_ts=user.trigger.ts,
                     generated_ts=generated,
                 )
-                await self._send_list(user.user_id, rec.to_json())
+                lists.append((user.user_id, rec.to_json()))
                 # from the producer's stamp on the event; clocks of other hosts may skew it
                 self.metrics.observe("event_to_list_ms", max(0, generated - user.trigger.ts))
+            await self._publish_lists(lists)
             self.metrics.inc("lists_out", len(batch.users))
             self.metrics.observe("batch_cut_to_publish_ms", (time.monotonic() - batch.cut_at) * 1e3)
         for user in batch.users:

@@ -39,6 +39,7 @@ HELP = {
     "batches_failed": "Scoring batches that raised (their users got no list).",
     "users_failed": "Users of failed batches.",
     "model_reloads": "New model versions taken over without a restart.",
+    "context_writes_failed": "Batches whose contexts could not be written to the table.",
 }
 
 

@@ -11,18 +11,21 @@ the agent, wherever an :class:`Outputs` of the test's own sends them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import faust
+from faust import Topic
+from faust.streams import _current_event
 from faust.tables.manager import TableManager
-from faust.types import AgentT, EventT, TopicT
+from faust.types import TP, AgentT, EventT, TopicT
 
 from stream.errors import ConfigError
-from stream.metrics import Metrics
+from stream.metrics import Metrics, process_figures
 from stream.pipeline import ScoringPipeline
-from stream.step import EventStep
-from stream.transport import Consumer
+from stream.step import EventStep, Origin
+from stream.transport import Consumer, Producer, Records
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
     from stream.app import App
@@ -36,48 +39,105 @@ class Outputs(Protocol):
     async def prepare(self) -> None:
         """Make the destinations ready (create topics); called once before the first event."""
 
-    async def send_list(self, user_id: str, value: bytes) -> None:
-        """Publish one recommendation list, keyed by its user."""
+    async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
+        """Publish a batch's recommendation lists, each keyed by its user."""
 
     async def send_dead_letter(self, value: bytes) -> None:
         """Publish one dead letter."""
 
 
-class TopicOutputs:
-    """Lists and dead letters to their Kafka topics (created with the worker's partitions)."""
-
-    def __init__(self, recommendations: TopicT, dead_letters: TopicT) -> None:
-        self.recommendations = recommendations
-        self.dead_letters = dead_letters
-
-    async def prepare(self) -> None:
-        """Declare both topics."""
-        await self.recommendations.maybe_declare()
-        await self.dead_letters.maybe_declare()
-
-    async def send_list(self, user_id: str, value: bytes) -> None:
-        """Hand the list to the producer (flushed before every offset commit)."""
-        await self.recommendations.send(key=user_id.encode(), value=value)
-
-    async def send_dead_letter(self, value: bytes) -> None:
-        """Hand the dead letter to the producer."""
-        await self.dead_letters.send(value=value)
-
-
 class ContextTable(faust.Table):
-    """Faust's table, counting the changelog records it applies (recovery and standbys).
+    """Faust's table, written once per scoring batch, counting the changelog records it applies.
 
-    A restart on a RocksDB store applies only what was written since its last flush; on the
-    memory store it applies the whole changelog. ``changelog_records_applied`` shows which.
+    :meth:`write` stores a batch's contexts and keeps their changelog records until
+    :meth:`take_changelog`, so they go out in the same producer batches as the lists (Faust's
+    own ``table[key] = value`` sends one record at a time, each dearer than Faust's whole
+    per-event floor). A restart on a RocksDB store applies only what was written since its
+    last flush; on the memory store it applies the whole changelog.
+    ``changelog_records_applied`` shows which.
     """
 
     metrics: Metrics
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changelog: dict[tuple[str, int], Records] = {}
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         """Apply the batch, then count it."""
         records = list(batch)
         super().apply_changelog_batch(records)
         self.metrics.inc("changelog_records_applied", len(records))
+
+    def write(self, writes: Sequence[tuple[str, bytes, Origin]]) -> None:
+        """Store each user's context; keep its changelog record for :meth:`take_changelog`.
+
+        Each write is made as from the message of the user's newest change (the store and
+        the changelog partition are the message's), as Faust's own writes in stream
+        iteration are.
+        """
+        topic = cast(Topic, self.changelog_topic)
+        name = topic.get_topic_name()
+        for user_id, value, origin in writes:
+            token = _current_event.set(weakref.ref(origin.handle))
+            try:
+                self.data[user_id] = value
+            finally:
+                _current_event.reset(token)
+            key, _ = topic.prepare_key(user_id, self.key_serializer, None, None)
+            record, _ = topic.prepare_value(value, self.value_serializer, None, None)
+            self._changelog.setdefault((name, origin.partition), []).append((key, record))
+
+    def on_changelog_delivered(self, tp: TP, offset: int) -> None:
+        """Remember a delivered changelog offset (a RocksDB store's restart reads on from it)."""
+        if tp.topic == self.changelog_topic.get_topic_name():
+            self.data.set_persisted_offset(tp, offset)
+
+    def take_changelog(self) -> dict[tuple[str, int], Records]:
+        """The changelog records written since the last call, by topic partition."""
+        records, self._changelog = self._changelog, {}
+        return records
+
+
+class TopicOutputs:
+    """Lists and dead letters to their Kafka topics (created with the worker's partitions).
+
+    A batch's lists go out with the changelog records of its contexts, one producer batch per
+    topic partition; both are flushed before Faust commits the batch's offsets.
+    """
+
+    def __init__(
+        self, app: faust.App, recommendations: TopicT, dead_letters: TopicT, table: ContextTable
+    ) -> None:
+        self.app = app
+        self.recommendations = recommendations
+        self.dead_letters = dead_letters
+        self.table = table
+
+    async def prepare(self) -> None:
+        """Declare both topics; learn the recommendation topic's partitions."""
+        await self.recommendations.maybe_declare()
+        await self.dead_letters.maybe_declare()
+        await self._producer().await_topic(self.recommendations.get_topic_name())
+
+    def _producer(self) -> Producer:
+        return cast(Producer, self.app.producer)
+
+    async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
+        """Hand the lists, and the changelog records before them, to the producer."""
+        producer = self._producer()
+        records = self.table.take_changelog()
+        topic = self.recommendations.get_topic_name()
+        for user_id, value in lists:
+            key = user_id.encode()
+            records.setdefault((topic, producer.partition_for(topic, key)), []).append(
+                (key, value)
+            )
+        await producer.send_batches(records, self.table.on_changelog_delivered)
+
+    async def send_dead_letter(self, value: bytes) -> None:
+        """Hand the dead letter to the producer."""
+        await self.dead_letters.send(value=value)
 
 
 class Runtime:
@@ -88,9 +148,6 @@ class Runtime:
         self.app = app
         self.metrics = Metrics()
         self.events_topic = self._topic(settings.events_topic)
-        self.outputs: Outputs = outputs or TopicOutputs(
-            self._topic(settings.recommendations_topic), self._topic(settings.dlq_topic)
-        )
         self.contexts = ContextTable(
             app,
             name="user-context",
@@ -102,7 +159,13 @@ class Runtime:
         )
         self.contexts.metrics = self.metrics
         app.tables.add(self.contexts)
-        self.pipeline = ScoringPipeline(settings, self.metrics, self.outputs.send_list)
+        self.outputs: Outputs = outputs or TopicOutputs(
+            app,
+            self._topic(settings.recommendations_topic),
+            self._topic(settings.dlq_topic),
+            self.contexts,
+        )
+        self.pipeline = ScoringPipeline(settings, self.metrics, self.outputs.publish_lists)
         app.service(self.pipeline)  # type: ignore[arg-type]  # Faust starts instances too
         self.step = EventStep(
             settings, self.metrics, self.contexts, self.pipeline, self.outputs.send_dead_letter
@@ -172,4 +235,5 @@ class Runtime:
             "pending_users": batcher.pending_users if batcher else 0,
             "table_users": len(self.contexts),
             "consumer_lag": self.consumer_lag(),
+            "process": process_figures(),
         }

@@ -1,23 +1,29 @@
 """The per-event step, one definition for the worker and the replay.
 
 For each input message: parse it against the event contract; an invalid one is counted,
-dead-lettered with its reason and acknowledged; a valid one updates its user's context in
-the store, is counted, and hands the user to the scoring pipeline, whose list publication
-acknowledges it. A surprise (a bug) dead-letters the message as ``internal_error`` instead
-of stopping the worker.
+dead-lettered with its reason and acknowledged; a valid one updates its user's context, is
+counted, and hands the user to the scoring pipeline, whose list publication acknowledges it.
+A surprise (a bug) dead-letters the message as ``internal_error`` instead of stopping the
+worker.
+
+Contexts are written to the store once per scoring batch, not once per event: an updated
+context waits in the step (where the user's next events find it) until the pipeline cuts the
+batch holding that user, and :meth:`EventStep.persist` writes every waiting context then,
+before the batch is scored, so before any of its events is acknowledged.
 
 No Faust here: the agent (:mod:`stream.agents`) passes its changelog-backed table and its
-topic sends, the replay (:mod:`stream.tools.replay`) a dict and in-memory collectors.
+topic sends, the replay (:mod:`stream.tools.replay`) a :class:`MemoryStore` and in-memory
+collectors.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from stream.context import ContextLimits, update_context
+from stream.context import ContextLimits, UserContext
 from stream.errors import InvalidEvent
 from stream.metrics import Metrics
 from stream.pipeline import AckFn, ScoringPipeline, now_ms
@@ -32,11 +38,35 @@ DeadLetterFn = Callable[[bytes], Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a message was read: named in dead letters and in logs (never its payload)."""
+    """Where a message was read: named in dead letters and in logs (never its payload).
+
+    ``handle`` is the transport's own object for the message (Faust's event), for stores that
+    need it to write where the message came from.
+    """
 
     topic: str
     partition: int
     offset: int
+    handle: Any = None
+
+
+class ContextStore(Protocol):
+    """Where contexts live between events: the worker's Faust table, or a dict."""
+
+    def get(self, user_id: str) -> bytes | None:
+        """A user's stored context, ``None`` if none."""
+
+    def write(self, writes: Sequence[tuple[str, bytes, Origin]]) -> None:
+        """Store each user's context, from a message of the user's partition."""
+
+
+class MemoryStore(dict[str, bytes]):
+    """Contexts in a dict (the replay; tests)."""
+
+    def write(self, writes: Sequence[tuple[str, bytes, Origin]]) -> None:
+        """Store each context."""
+        for user_id, value, _ in writes:
+            self[user_id] = value
 
 
 class EventStep:
@@ -46,7 +76,7 @@ class EventStep:
         self,
         settings: Settings,
         metrics: Metrics,
-        store: MutableMapping[str, bytes],
+        store: ContextStore,
         pipeline: ScoringPipeline,
         send_dead_letter: DeadLetterFn,
     ) -> None:
@@ -56,6 +86,9 @@ class EventStep:
         self._send_dead_letter = send_dead_letter
         self.limits = Limits.from_settings(settings)
         self.context_limits = ContextLimits.from_settings(settings)
+        #: Updated contexts not written yet, by user, with the message of the newest change.
+        self._waiting: dict[str, tuple[UserContext, Origin]] = {}
+        pipeline.before_scoring = self.persist
 
     async def __call__(
         self, raw: bytes | None, key: bytes | None, origin: Origin, ack: AckFn
@@ -79,11 +112,24 @@ class EventStep:
             await self.dead_letter(raw, origin, exc.reason, exc.detail)
             await ack()
             return
-        context, changed = update_context(self.store, event, self.context_limits)
-        if not changed:
+        user_id = event.user_id
+        waiting = self._waiting.get(user_id)
+        stored = waiting[0] if waiting else UserContext.from_bytes(self.store.get(user_id))
+        context, changed = self.context_limits.apply(stored, event)
+        if changed:
+            self._waiting[user_id] = (context, origin)
+        else:
             self.metrics.inc("events_duplicate")
         self.metrics.inc(f"events_type.{event.type}")
-        await self.pipeline.submit(event.user_id, context, event, ack)
+        await self.pipeline.submit(user_id, context, event, ack)
+
+    def persist(self) -> None:
+        """Write every waiting context to the store (the pipeline calls it at each cut)."""
+        if self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            self.store.write(
+                [(user, context.to_bytes(), origin) for user, (context, origin) in waiting.items()]
+            )
 
     async def dead_letter(
         self, raw: bytes | None, origin: Origin, reason: str, detail: str

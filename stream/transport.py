@@ -2,10 +2,12 @@
 
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
 point; ``STREAMREC_BROKER`` keeps ``kafka://``. The worker's settings are reached through
-the App (``app.streamrec``, see :mod:`stream.app`), never imported. Five changes, and the
-consumer lag the worker reports (:meth:`Consumer.lag`). The first two only matter on the
-embedded broker; the last three close Faust + aiokafka races, found by the kill -9 test, that
-left a restarted worker idle or skipping events on any broker:
+the App (``app.streamrec``, see :mod:`stream.app`), never imported. Five changes, the
+consumer lag the worker reports (:meth:`Consumer.lag`), and a producer that hands whole
+record batches to aiokafka (:meth:`Producer.send_batches`, for a batch's lists and changelog
+records). The first two changes only matter on the embedded broker; the last three close
+Faust + aiokafka races, found by the kill -9 test, that left a restarted worker idle or
+skipping events on any broker:
 
 * **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500`` for worker consumers. Kafka
   answers a fetch as soon as data is there; Tansu holds it for the whole wait, which added
@@ -38,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import aiokafka
@@ -219,10 +221,88 @@ def mirror_pause(consumer: aiokafka.AIOKafkaConsumer, method: str, tps: Iterable
         getattr(consumer, method)(*mine)
 
 
+#: Records for one topic partition: (key, value) pairs, in order.
+Records = list[tuple[bytes | None, bytes]]
+
+
+class Producer(driver.Producer):
+    """Faust's aiokafka producer, plus batches handed to aiokafka whole.
+
+    ``topic.send()`` costs, per record, Faust's message futures and callbacks and aiokafka's
+    own future: more than Faust's whole per-event floor. :meth:`send_batches` appends many
+    records to one aiokafka batch per topic partition instead. They are flushed with
+    everything else before Faust commits offsets (``Producer.flush`` flushes aiokafka).
+    """
+
+    async def send_batches(
+        self,
+        records: dict[tuple[str, int], Records],
+        on_delivered: Callable[[TP, int], None] | None = None,
+    ) -> None:
+        """Hand ``records`` to aiokafka: one batch (or as few as fit) per topic partition.
+
+        ``on_delivered(tp, offset)`` runs with each delivered batch's last offset (a table
+        keeps it as its persisted changelog offset, as Faust's own sends do).
+        """
+        producer = self._ensure_producer()
+        for (topic, partition), items in records.items():
+            tp = TP(topic, partition)
+            batch = producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.record_count():
+                        await self._send(producer, batch, tp, on_delivered)
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        # larger than a batch may be: aiokafka sends it on its own
+                        delivery = await producer.send(topic, value, key=key, partition=partition)
+                        self._watch(delivery, tp, 1, on_delivered)
+                        batch = producer.create_batch()
+            if batch.record_count():
+                await self._send(producer, batch, tp, on_delivered)
+
+    async def _send(
+        self,
+        producer: aiokafka.AIOKafkaProducer,
+        batch: Any,
+        tp: TP,
+        on_delivered: Callable[[TP, int], None] | None,
+    ) -> None:
+        count = batch.record_count()
+        delivery = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+        self._watch(delivery, tp, count, on_delivered)
+
+    def partition_for(self, topic: str, key: bytes) -> int:
+        """The partition aiokafka's partitioner (murmur2, as Kafka's clients) gives ``key``."""
+        return self.key_partition(topic, key).partition
+
+    async def await_topic(self, topic: str) -> None:
+        """Wait until the producer knows ``topic``'s partitions (for :meth:`partition_for`)."""
+        await self._ensure_producer().partitions_for(topic)
+
+    @staticmethod
+    def _watch(
+        delivery: asyncio.Future[Any],
+        tp: TP,
+        count: int,
+        on_delivered: Callable[[TP, int], None] | None,
+    ) -> None:
+        def check(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                return
+            if done.exception() is not None:
+                log.error("records for %s[%d] were not delivered: %r", *tp, done.exception())
+            elif on_delivered is not None:
+                on_delivered(tp, done.result().offset + count - 1)
+
+        delivery.add_done_callback(check)
+
+
 class Transport(driver.Transport):
-    """Faust's aiokafka transport using :class:`Consumer`."""
+    """Faust's aiokafka transport using :class:`Consumer` and :class:`Producer`."""
 
     Consumer = Consumer
+    Producer = Producer
 
 
 def broker_url(kafka_url: str) -> str:

@@ -79,17 +79,21 @@ def worker_factory(
     """Make a (not yet started) worker on new topics; every worker made is stopped at the end.
 
     ``make(**overrides)`` takes settings fields; ``settings=`` a whole settings object (a
-    second worker of the same group, say); ``env=`` variables of the test's own.
+    second worker of the same group, say); ``env=`` variables of the test's own;
+    ``processes=`` a supervised group of worker processes.
     """
     made: list[WorkerProcess] = []
 
     def make(
-        settings: Settings | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+        settings: Settings | None = None,
+        env: Mapping[str, str] | None = None,
+        processes: int = 1,
+        **overrides: Any,
     ) -> WorkerProcess:
         if settings is None:
             settings = worker_settings(broker.url, tiny_model_dir, tmp_path, **overrides)
         create_topics(settings)
-        worker = WorkerProcess(settings, tmp_path, env=env)
+        worker = WorkerProcess(settings, tmp_path, env=env, processes=processes)
         made.append(worker)
         return worker
 

@@ -43,12 +43,34 @@ def serve(broker: EmbeddedBroker, s: Settings, events: list[Event]) -> dict[str,
     """Produce ``events``; wait until each user's newest one has a list. Returns user → it."""
     produce_events(broker.bootstrap_servers, s.events_topic, events)
     last = {ev.user_id: ev.event_id for ev in events}
-    consume_until(
+    got = consume_until(
         broker.bootstrap_servers,
         [s.recommendations_topic],
         lambda got: set(last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
     )
+    missing = set(last.values()) - set(lists_by_trigger(got[s.recommendations_topic]))
+    assert not missing, f"{len(missing)} users' newest events got no list"
     return last
+
+
+def changelog_records(broker: EmbeddedBroker, s: Settings) -> int:
+    """Records in the context table's changelog topic (read until a quiet second)."""
+    topic = f"{s.app_id}-user-context-changelog"
+    seen: list[int] = []
+
+    async def run() -> None:
+        async with TopicReader(broker.bootstrap_servers, [topic]) as reader:
+            quiet = time.monotonic() + 2.0
+
+            def on_record(_record: object) -> None:
+                nonlocal quiet
+                seen.append(1)
+                quiet = time.monotonic() + 1.0
+
+            await reader.follow(on_record, lambda: time.monotonic() > quiet, poll_ms=200)
+
+    asyncio.run(run())
+    return len(seen)
 
 
 def assert_contexts_match_a_fold(

@@ -9,17 +9,27 @@ Phases, all on this machine and in this run, with the exported model of
 2. **Queries.** The query encoder on distinct MovieLens titles (batches of 64):
    ``query_encodings_per_s``; a Zipf-distributed stream of searches through the worker's
    query cache: ``query_cache_hit_rate``.
-3. **Saturation.** The embedded broker (or ``--broker``) and one worker on fresh topics; a
-   producer sends MovieLens events flat out, users interleaved as live traffic is. After
-   ``--warmup`` seconds, the worker's own counters over ``--window`` seconds give
-   ``saturation_events_per_s`` and scored users/s, and ``pipeline_efficiency`` = scored
-   users/s ÷ ``model_only_users_per_s``.
-4. **Latency.** Events offered at half the saturation rate for ``--latency-window`` seconds;
-   latency runs from the event's ``ts`` (stamped when produced) to the list's arrival on the
-   output topic: p50/p95/p99.
+3. **Faust's floor.** A count-only Faust agent on the worker's transport and settings over a
+   preloaded backlog of MovieLens events: ``faust_floor_events_per_s``.
+4. **Stream-only saturation.** A worker with a tiny exported model (``--stream-model``, built
+   once into the output folder otherwise) on a preloaded backlog, users interleaved as live
+   traffic is: ``stream_only_saturation_events_per_s`` and ``stream_cost_us_per_event`` (the
+   worker's CPU seconds per event), the streaming layer's own cost.
+5. **Saturation.** The same with the real model: ``saturation_events_per_s`` and
+   ``pipeline_efficiency`` = scored users/s ÷ ``model_only_users_per_s``.
+6. **Latency.** An idle worker offered half the saturation rate for ``--latency-window``
+   seconds; latency runs from the event's ``ts`` (stamped when produced) to the list's arrival
+   on the output topic: p50/p95/p99.
+7. **Processes** (``--processes N``, N > 1): phases 4–6 with ``python -m stream worker
+   --processes N``; ``process_scaling`` = N-process ÷ one-process stream-only saturation.
+8. **Memory** (``--users N``): one event each from N distinct users through a worker with the
+   tiny model, on the memory and the RocksDB store: the worker's RSS, its growth per user and
+   the table's bytes per user (``memory``).
 
-``--profile`` runs the worker under py-spy through start-up and the saturation phase (the
-latency phase is skipped) and adds ``profile``: where the worker's samples fall.
+Backlogs are produced before the worker starts, so the producer does not share the cores
+being measured; every worker gets its own topics and group. ``--profile`` runs the
+real-model saturation worker under py-spy (the latency phases are skipped) and adds
+``profile``: where the worker's samples fall.
 
 The last line of output is one JSON object with every figure and the environment
 (provider, batch size, threads, cores, GPU).
@@ -28,52 +38,35 @@ The last line of output is one JSON object with every figure and the environment
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from model_export.data import DataSettings, movielens_events, movielens_items
-from stream.context import ContextLimits, UserContext, apply_event
+from stream.context import ContextLimits, UserContext
+from stream.errors import ModelLoadError
+from stream.manifest import load_manifest
 from stream.queries import QueryEncoder
-from stream.records import Event, Recommendation
 from stream.scorer import Scorer
 from stream.settings import Settings
+from stream.supervisor import process_count
 from stream.tools.backtest import by_user
-from stream.tools.broker import EmbeddedBroker, free_port
-from stream.tools.lists import TopicReader
-from stream.tools.worker_process import WorkerGroup, WorkerProcess, worker_on_fresh_topics
+from stream.tools.broker import EmbeddedBroker
+from stream.tools.load import faust_floor, interleaved, latency, memory_per_user, saturation
+from stream.tools.profile import profile_summary
 
 QUERY_BATCH = 64
 #: Seconds a profiled worker is given to start before the saturation phase.
 WORKER_START_S = 15.0
-#: Code areas a worker's profile is summarised by (first match of a frame's file path).
-PROFILE_AREAS = (
-    ("onnxruntime", "inference (ONNX Runtime)"),
-    ("stream/scorer.py", "input encoding and decoding"),
-    ("stream/context.py", "context update"),
-    ("stream/records.py", "event parsing and list encoding"),
-    ("faust/tables", "Faust table and changelog"),
-    ("aiokafka", "Kafka client (aiokafka)"),
-    ("faust/", "Faust streams and topics"),
-    ("mode/", "mode services"),
-    ("asyncio", "asyncio event loop"),
-)
-#: Innermost frames of threads that wait rather than work (py-spy does not always tell).
-WAITING = ("EpollSelector.select (selectors.py", "_worker (concurrent/futures/thread.py:81)")
-#: Most events the flat-out producer lets the worker fall behind: enough to keep it busy,
-#: few enough to drain before the latency phase.
-MAX_LAG = 10_000
 SEARCHES = 10_000
 ZIPF_EXPONENT = 1.1
 
@@ -96,13 +89,7 @@ def movielens_contexts(settings: Settings, count: int) -> list[UserContext]:
     for events in list(by_user(movielens_events(datasets_dir)).values())[:count]:
         context = None
         for ev in events:
-            context, _ = apply_event(
-                context,
-                ev,
-                max_events=limits.max_events,
-                max_purchased=limits.max_purchased,
-                max_seen=limits.max_seen,
-            )
+            context, _ = limits.apply(context, ev)
         assert context is not None
         contexts.append(context)
     return contexts
@@ -140,185 +127,6 @@ def query_figures(scorer: Scorer, titles: Sequence[str], seconds: float) -> dict
     }
 
 
-def interleaved(events: Sequence[Event]) -> list[Event]:
-    """Users' events round-robin (each user's own order kept), as many concurrent users send.
-
-    MovieLens in time order comes in bursts of one user rating many films at once, which the
-    worker would fold into one list; live traffic interleaves users.
-    """
-    queues = [iter(history) for history in by_user(events).values()]
-    order: list[Event] = []
-    while queues:
-        alive = []
-        for queue in queues:
-            ev = next(queue, None)
-            if ev is not None:
-                order.append(ev)
-                alive.append(queue)
-        queues = alive
-    return order
-
-
-def stream_events(events: Sequence[Event]) -> Iterator[Event]:
-    """``events`` forever, each pass with fresh ids, stamped with the current time."""
-    for rounds in range(sys.maxsize):
-        for ev in events:
-            yield Event(
-                f"{ev.event_id}-r{rounds}",
-                ev.user_id,
-                ev.type,
-                time.time_ns() // 1_000_000,
-                item_id=ev.item_id,
-                query=ev.query,
-            )
-
-
-async def saturate(
-    settings: Settings,
-    worker: WorkerGroup,
-    events: Sequence[Event],
-    warmup: float,
-    window: float,
-    *,
-    drain: bool = True,
-) -> dict:
-    """Produce flat out; measure the worker's own counters over ``window`` after ``warmup``.
-
-    The producer stays at most :data:`MAX_LAG` events ahead of the worker, so the worker is
-    always busy and (with ``drain``) the backlog drains before the next phase.
-    """
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
-    await producer.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    source = stream_events(events)
-    produced = 0
-
-    async def consumed() -> int:
-        stats = await loop.run_in_executor(None, worker.stats)
-        return int(stats["counters"].get("events_in", 0))
-
-    async def flood() -> None:
-        nonlocal produced
-        while not stop.is_set():
-            if produced - await consumed() > MAX_LAG:
-                await asyncio.sleep(0.2)
-                continue
-            for _ in range(1000):
-                key, value = next(source).to_message()
-                await producer.send(settings.events_topic, value, key=key)
-            produced += 1000
-
-    task = asyncio.create_task(flood())
-    try:
-        await asyncio.sleep(warmup)
-        before = await loop.run_in_executor(None, worker.stats)
-        started = time.monotonic()
-        await asyncio.sleep(window)
-        after = await loop.run_in_executor(None, worker.stats)
-        elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        await task
-        await producer.stop()
-    drain_until = time.monotonic() + 120
-    while drain and await consumed() < produced and time.monotonic() < drain_until:
-        await asyncio.sleep(0.5)
-    counters = {
-        k: after["counters"].get(k, 0) - before["counters"].get(k, 0) for k in after["counters"]
-    }
-    return {
-        "saturation_events_per_s": counters.get("events_in", 0) / elapsed,
-        "saturation_users_scored_per_s": counters.get("lists_out", 0) / elapsed,
-        "saturation_window_s": round(elapsed, 1),
-        "mean_batch_users": after["summaries"].get("batch_users", {}).get("mean"),
-        "mean_inference_ms": after["summaries"].get("inference_ms", {}).get("mean"),
-    }
-
-
-async def latency_at(
-    settings: Settings, events: Sequence[Event], rate: float, window: float
-) -> dict:
-    """Offer ``rate`` events/s for ``window`` s; event ``ts`` → list arrival percentiles."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=1)
-    latencies: list[float] = []
-    first_ts = time.time_ns() // 1_000_000
-    stop = asyncio.Event()
-
-    def arrived(record: ConsumerRecord) -> None:
-        rec = Recommendation.from_json(record.value)
-        if rec.event_ts >= first_ts:  # lists of earlier phases are not counted
-            latencies.append(time.time_ns() / 1e6 - rec.event_ts)
-
-    await producer.start()
-    async with TopicReader(
-        settings.bootstrap_servers,
-        [settings.recommendations_topic],
-        from_end=True,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    ) as lists:
-        reader = asyncio.create_task(lists.follow(arrived, stop.is_set))
-        try:
-            source = stream_events(events)
-            started = time.monotonic()
-            sent = 0
-            while (now := time.monotonic() - started) < window:
-                due = sent / rate
-                if due > now:
-                    await asyncio.sleep(due - now)
-                key, value = next(source).to_message()
-                await producer.send(settings.events_topic, value, key=key)
-                sent += 1
-            await producer.flush()
-            await asyncio.sleep(1.0)  # the tail's lists
-        finally:
-            stop.set()
-            await reader
-            await producer.stop()
-    values = np.array(latencies)
-    pct = {
-        f"p{q}_ms": float(np.percentile(values, q)) if len(values) else None for q in (50, 95, 99)
-    }
-    # Fewer lists than events sent means the worker fell behind (or coalesced a user's
-    # events); none at all means it was still busy with an older backlog.
-    return {"offered_events_per_s": rate, "events_sent": sent, "lists_measured": len(values), **pct}
-
-
-def profile_summary(path: Path, top: int = 15) -> dict:
-    """Share of a worker's samples per code area and the busiest functions (self time).
-
-    ``path`` holds py-spy's raw output: one ``frame;frame;...;frame count`` line per stack,
-    each frame ``function (file:line)``, innermost last. Stacks waiting in the event loop's
-    ``select`` or in an idle executor thread (:data:`WAITING`) are counted apart; the area
-    and function shares are of the remaining (busy) samples. A stack counts towards the
-    first area (in :data:`PROFILE_AREAS` order) any of its frames belongs to.
-    """
-    areas: dict[str, int] = {}
-    functions: dict[str, int] = {}
-    total = waiting = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        if frames[-1].startswith(WAITING):
-            waiting += count
-            continue
-        total += count
-        area = next((name for key, name in PROFILE_AREAS if any(key in f for f in frames)), "other")
-        areas[area] = areas.get(area, 0) + count
-        functions[frames[-1]] = functions.get(frames[-1], 0) + count
-    share = {k: round(v / total, 4) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}
-    busiest = sorted(functions.items(), key=lambda kv: -kv[1])[:top]
-    return {
-        "busy_samples": total,
-        "waiting_samples": waiting,
-        "area_share": share,
-        "top_self": [{"frame": f, "share": round(n / total, 4)} for f, n in busiest],
-    }
-
-
 def environment(scorer: Scorer, settings: Settings) -> dict:
     """Where the figures come from."""
     gpu = None
@@ -348,21 +156,108 @@ def environment(scorer: Scorer, settings: Settings) -> dict:
     }
 
 
+def stream_model(args: argparse.Namespace, work: Path) -> str:
+    """The tiny model directory for the stream-only phases: given, or built once."""
+    if args.stream_model:
+        return str(args.stream_model)
+    out = Path(args.out) / "tiny-model"
+    try:
+        load_manifest(out)
+    except ModelLoadError:
+        print(f"building a tiny model into {out} (once)", file=sys.stderr)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model_export",
+                "build",
+                "--tiny",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--checkpoint",
+                str(work / "tiny-checkpoint"),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return str(out)
+
+
+def streaming(
+    args: argparse.Namespace, settings: Settings, tiny: str, events: list, processes: int
+) -> dict[str, Any]:
+    """Stream-only and real-model saturation, and latency, for ``processes`` processes."""
+    work = Path(args.out) / "work"
+    common = {"backlog": args.backlog, "warmup": args.warmup, "window": args.window}
+    only = saturation(
+        settings.with_overrides(model_dir=tiny),
+        work,
+        f"stream-only-p{processes}",
+        events,
+        processes=processes,
+        **common,
+    )
+    profile = work / "worker-profile.txt" if args.profile and processes == 1 else None
+    real = saturation(
+        settings,
+        work,
+        f"saturation-p{processes}",
+        events,
+        processes=processes,
+        profile=profile,
+        profile_s=WORKER_START_S + args.warmup + args.window,
+        **common,
+    )
+    half = max(1.0, real["events_per_s"] / 2)
+    return {
+        "stream_only_saturation_events_per_s": only["events_per_s"],
+        "stream_cost_us_per_event": only["cpu_us_per_event"],
+        "stream_only": only,
+        "saturation_events_per_s": real["events_per_s"],
+        "saturation_users_scored_per_s": real["users_scored_per_s"],
+        "mean_batch_users": real["mean_batch_users"],
+        "mean_inference_ms": real["mean_inference_ms"],
+        "saturation": real,
+        "latency_at_half_saturation": None
+        if args.profile
+        else latency(
+            settings,
+            work,
+            f"latency-p{processes}",
+            events,
+            rate=half,
+            window=args.latency_window,
+            processes=processes,
+        ),
+        **({"profile": profile_summary(profile)} if profile is not None else {}),
+    }
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``; ``None`` when nothing was measured below the line."""
+    return numerator / denominator if denominator else None
+
+
 def run(args: argparse.Namespace, settings: Settings) -> dict:
     """Every phase; returns the figures."""
     datasets_dir = DataSettings.from_env().datasets_dir
     batch = settings.batch_max_users
     scorer = Scorer.from_settings(settings)
     figures: dict[str, Any] = {
-        "environment": {**environment(scorer, settings), "workers": args.workers}
+        "environment": {**environment(scorer, settings), "processes": args.processes}
     }
     contexts = movielens_contexts(settings, max(batch, 1))
     figures |= model_only(scorer, contexts, batch, args.model_seconds)
     titles = [item.title for item in movielens_items(datasets_dir)]
     figures |= query_figures(scorer, titles, args.model_seconds)
+    del scorer  # its ONNX Runtime threads would share the cores with the workers
     events = interleaved(movielens_events(datasets_dir))
     work = Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
+    tiny = stream_model(args, work)
     with contextlib.ExitStack() as stack:
         if not args.broker:
             log = stack.enter_context((work / "broker.log").open("wb"))
@@ -370,41 +265,35 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
             settings = settings.with_overrides(broker=broker.url)
         else:
             settings = settings.with_overrides(broker=args.broker)
-        profile = work / "worker-profile.txt" if args.profile else None
-        worker = stack.enter_context(
-            worker_on_fresh_topics(
-                settings,
-                work,
-                "bench",
-                profile=profile,
-                profile_s=WORKER_START_S + args.warmup + args.window,
-            )
+        floor = faust_floor(settings, work, events, args.floor_events)
+        figures["faust_floor_events_per_s"] = floor["events_per_s"]
+        figures["faust_floor_cpu_us_per_event"] = floor["cpu_us_per_event"]
+        figures |= streaming(args, settings, tiny, events, 1)
+        figures["stream_only_vs_faust_floor"] = ratio(
+            figures["stream_only_saturation_events_per_s"], figures["faust_floor_events_per_s"]
         )
-        live = worker.settings
-        more = [  # the same group and topics; each its own data directory and port
-            stack.enter_context(
-                WorkerProcess(
-                    live.with_overrides(data_dir=f"{live.data_dir}-{i}", web_port=free_port()),
-                    work,
+        figures["pipeline_efficiency"] = ratio(
+            figures["saturation_users_scored_per_s"], figures["model_only_users_per_s"]
+        )
+        if args.processes > 1:
+            many = streaming(args, settings, tiny, events, args.processes)
+            many["process_scaling"] = ratio(
+                many["stream_only_saturation_events_per_s"],
+                figures["stream_only_saturation_events_per_s"],
+            )
+            many["process_scaling_real_model"] = ratio(
+                many["saturation_events_per_s"], figures["saturation_events_per_s"]
+            )
+            figures["processes"] = {"n": args.processes, **many}
+            figures["process_scaling"] = many["process_scaling"]
+        if args.users:
+            stores = ("memory://", "rocksdb://")
+            figures["memory"] = [
+                memory_per_user(
+                    settings.with_overrides(model_dir=tiny, store=store), work, events, args.users
                 )
-            )
-            for i in range(1, args.workers)
-        ]
-        for extra in more:
-            extra.wait_ready()
-        group = WorkerGroup([worker, *more])
-        figures |= asyncio.run(
-            saturate(live, group, events, args.warmup, args.window, drain=profile is None)
-        )
-        half = max(1.0, figures["saturation_events_per_s"] / 2)
-        figures["latency_at_half_saturation"] = (
-            None if profile else asyncio.run(latency_at(live, events, half, args.latency_window))
-        )
-    if profile is not None:
-        figures["profile"] = profile_summary(profile)
-    figures["pipeline_efficiency"] = (
-        figures["saturation_users_scored_per_s"] / figures["model_only_users_per_s"]
-    )
+                for store in stores
+            ]
     return figures
 
 
@@ -414,23 +303,43 @@ def main(argv: Sequence[str]) -> int:
         prog="python -m stream bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring (10)")
-    parser.add_argument("--window", type=float, default=30.0, help="saturation window, s (30)")
+    parser.add_argument("--window", type=float, default=20.0, help="saturation window, s (20)")
     parser.add_argument("--latency-window", type=float, default=20.0, help="latency phase, s (20)")
     parser.add_argument(
         "--model-seconds", type=float, default=5.0, help="per model-only figure (5)"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=300_000,
+        help="events preloaded before each saturation phase (300000)",
+    )
+    parser.add_argument(
+        "--floor-events", type=int, default=200_000, help="events the Faust floor counts (200000)"
+    )
+    parser.add_argument(
+        "--stream-model", help="tiny model directory for the stream-only phases (default: built)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=process_count,
+        default=1,
+        help="also measure N worker processes (auto: one per core); partitions cap it",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="also measure worker memory after one event each from N users, per store (0: no)",
     )
     parser.add_argument(
         "--broker", default="", help="kafka://host:port instead of the embedded broker"
     )
     parser.add_argument("--out", default="reports/bench", help="working files and bench.json")
     parser.add_argument(
-        "--profile", action="store_true", help="profile the worker with py-spy (no latency phase)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="workers in the group (1); STREAMREC_TOPIC_PARTITIONS caps the useful number",
+        "--profile",
+        action="store_true",
+        help="profile the real-model worker with py-spy (no latency phase)",
     )
     args = parser.parse_args(argv)
     settings = Settings.from_env()

@@ -45,7 +45,7 @@ from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.step import EventStep, Origin
+from stream.step import EventStep, MemoryStore, Origin
 from stream.tools.backtest import ReplayRun, by_user
 from stream.tools.broker import EmbeddedBroker
 from stream.tools.lists import follow_lists
@@ -72,9 +72,10 @@ async def replay_in_process(
     dead_letters: list[bytes] = []
     started = time.monotonic()
 
-    async def publish(user_id: str, value: bytes) -> None:
-        rec = Recommendation.from_json(value)
-        run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+    async def publish(lists: list[tuple[str, bytes]]) -> None:
+        for _, value in lists:
+            rec = Recommendation.from_json(value)
+            run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
 
     async def dead_letter(value: bytes) -> None:
         dead_letters.append(value)
@@ -86,7 +87,7 @@ async def replay_in_process(
 
     metrics = Metrics()
     pipeline = ScoringPipeline(settings, metrics, publish)
-    step = EventStep(settings, metrics, {}, pipeline, dead_letter)
+    step = EventStep(settings, metrics, MemoryStore(), pipeline, dead_letter)
     offsets = itertools.count()
 
     async def play(events: list[Event]) -> None:

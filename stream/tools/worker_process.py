@@ -3,9 +3,10 @@
 :class:`WorkerProcess` starts a worker with a :class:`~stream.settings.Settings` (passed as
 ``STREAMREC_*`` variables on top of the environment), reads its web endpoints, waits until it
 consumes, stops it with a signal (SIGTERM, then SIGKILL after 30 s) and starts it again on
-the same group, topics, data directory and port. :func:`fresh_settings` gives a worker its
-own app id, topics, data directory and web port; :func:`worker_on_fresh_topics` creates those
-topics and yields a consuming worker. :class:`WorkerGroup` reads several workers as one.
+the same group, topics, data directory and port; with ``processes`` it runs a supervised
+group and reads it as one. :func:`fresh_settings` gives a worker its own app id, topics,
+data directory and web port; :func:`worker_on_fresh_topics` creates those topics and yields
+a consuming worker.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def fresh_settings(settings: Settings, work_dir: Path, name: str = "worker") -> 
 class WorkerProcess:
     """One worker subprocess with ``settings``; each start logs to a new file in ``log_dir``.
 
-    ``env`` adds variables of its own (``PYTHONPATH`` for a test's fault injection, say);
-    ``command`` replaces ``python -m stream worker`` (``faust -A stream.app worker``, say).
-    With ``profile``, the worker runs under ``py-spy record`` for ``profile_s`` seconds (raw
-    stacks written to ``profile``; py-spy then ends the worker).
+    ``processes`` > 1 runs ``python -m stream worker --processes N``: N workers under one
+    supervisor, on web ports ``web_port`` … ``web_port + N - 1``, read as one by
+    :meth:`stats`. ``env`` adds variables of its own (``PYTHONPATH`` for a test's fault
+    injection, say); ``command`` replaces ``python -m stream worker`` (``faust -A stream.app
+    worker``, say). With ``profile``, the worker runs under ``py-spy record`` for
+    ``profile_s`` seconds (raw stacks written to ``profile``; py-spy then ends the worker).
     """
 
     def __init__(
@@ -66,11 +69,13 @@ class WorkerProcess:
         *,
         env: Mapping[str, str] | None = None,
         command: Sequence[str] = (sys.executable, "-m", "stream", "worker"),
+        processes: int = 1,
         profile: Path | None = None,
         profile_s: float = 0.0,
     ) -> None:
         self.settings = settings
-        self.command = list(command)
+        self.command = [*command, "--processes", str(processes)] if processes > 1 else [*command]
+        self.ports = [settings.web_port + i for i in range(processes)]
         self.log_dir = Path(log_dir)
         self.env = {**os.environ, **settings.to_env(), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,7 +87,7 @@ class WorkerProcess:
 
     @property
     def web(self) -> str:
-        """Base URL of the worker's web endpoint."""
+        """Base URL of the (first) worker's web endpoint."""
         return f"http://{self.settings.web_host}:{self.settings.web_port}"
 
     def _command(self) -> list[str]:
@@ -157,9 +162,12 @@ class WorkerProcess:
         """What the worker has logged since its latest start."""
         return self.log_path.read_text(errors="replace")
 
-    def get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        """``GET`` one of the worker's endpoints: (HTTP status, decoded JSON body)."""
-        url = self.web + path
+    def get_json(self, path: str, timeout: float = 5.0, port: int = 0) -> tuple[int, Any]:
+        """``GET`` one of the worker's endpoints: (HTTP status, decoded JSON body).
+
+        ``port`` picks one process of a group (default: the first).
+        """
+        url = f"http://{self.settings.web_host}:{port or self.ports[0]}{path}"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
                 return response.status, orjson.loads(response.read())
@@ -167,50 +175,66 @@ class WorkerProcess:
             return exc.code, orjson.loads(exc.read())
 
     def stats(self) -> dict[str, Any]:
-        """The worker's ``/stats/`` (counters and summaries)."""
-        body: dict[str, Any] = self.get_json("/stats/")[1]
-        return body
+        """The worker's ``/stats/``; a group's summed (:func:`combine`)."""
+        if len(self.ports) == 1:
+            body: dict[str, Any] = self.get_json("/stats/")[1]
+            return body
+        return combine([self.get_json("/stats/", port=port)[1] for port in self.ports])
 
     def wait_ready(self, timeout: float = 90.0) -> float:
-        """Poll ``/stats/`` until the worker consumes; returns the seconds waited.
+        """Poll ``/stats/`` until the worker (every process) consumes; the seconds waited.
 
         Raises:
             StreamrecError: the worker exited, or was not consuming after ``timeout``.
         """
         assert self.process is not None, "wait_ready() before start()"
         started = time.monotonic()
+        waiting = list(self.ports)
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 msg = f"the worker exited with code {self.process.returncode}; see {self.log_path}"
                 raise StreamrecError(msg)
             with contextlib.suppress(OSError, ValueError):
-                if self.get_json("/stats/", timeout=2)[1].get("ready"):
-                    return time.monotonic() - started
+                waiting = [
+                    port
+                    for port in waiting
+                    if not self.get_json("/stats/", timeout=2, port=port)[1].get("ready")
+                ]
+            if not waiting:
+                return time.monotonic() - started
             time.sleep(0.25)
         msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
         raise StreamrecError(msg)
 
 
-class WorkerGroup:
-    """Workers of one consumer group read as one: counters and summary counts summed."""
+def combine(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``/stats/`` of workers of one group as one.
 
-    def __init__(self, workers: Sequence[WorkerProcess]) -> None:
-        self.workers = list(workers)
-
-    def stats(self) -> dict[str, Any]:
-        """``/stats/`` of every worker combined (summary means weighted by their counts)."""
-        counters: Counter[str] = Counter()
-        summaries: dict[str, dict[str, float]] = {}
-        for one in (worker.stats() for worker in self.workers):
-            counters.update(one["counters"])
-            for name, summary in one["summaries"].items():
-                into = summaries.setdefault(name, {"count": 0, "sum": 0.0, "max": 0.0})
-                into["count"] += summary["count"]
-                into["sum"] += summary["sum"]
-                into["max"] = max(into["max"], summary["max"])
-        for summary in summaries.values():
-            summary["mean"] = summary["sum"] / summary["count"] if summary["count"] else 0.0
-        return {"counters": dict(counters), "summaries": summaries}
+    Counters, summaries and process figures are summed (summary means weighted by their
+    counts); the group is ready only if every worker is.
+    """
+    counters: Counter[str] = Counter()
+    summaries: dict[str, dict[str, float]] = {}
+    process = {"cpu_seconds": 0.0, "rss_bytes": 0}
+    for one in stats:
+        counters.update(one["counters"])
+        for name, summary in one["summaries"].items():
+            into = summaries.setdefault(name, {"count": 0, "sum": 0.0, "max": 0.0})
+            into["count"] += summary["count"]
+            into["sum"] += summary["sum"]
+            into["max"] = max(into["max"], summary["max"])
+        for key in process:
+            process[key] += one["process"][key]
+    for summary in summaries.values():
+        summary["mean"] = summary["sum"] / summary["count"] if summary["count"] else 0.0
+    return {
+        "ready": all(one["ready"] for one in stats),
+        "counters": dict(counters),
+        "summaries": summaries,
+        "process": process,
+        "consumer_lag": sum(one["consumer_lag"] for one in stats),
+        "table_users": sum(one["table_users"] for one in stats),
+    }
 
 
 def create_topics(settings: Settings) -> None:

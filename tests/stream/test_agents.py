@@ -28,8 +28,8 @@ class Collected:
     async def prepare(self) -> None:
         pass
 
-    async def send_list(self, user_id: str, value: bytes) -> None:
-        self.lists.append((user_id, value))
+    async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
+        self.lists.extend(lists)
 
     async def send_dead_letter(self, value: bytes) -> None:
         self.dead_letters.append(value)

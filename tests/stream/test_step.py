@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
 from pathlib import Path
 
 import orjson
@@ -13,18 +12,25 @@ from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.step import EventStep, Origin
+from stream.step import ContextStore, EventStep, MemoryStore, Origin
 
 
-class BrokenStore(dict):
-    """A table whose writes fail: a stand-in for a bug below the step."""
+class UnreadableStore(MemoryStore):
+    """A table whose reads fail: a stand-in for a bug below the step."""
 
-    def __setitem__(self, key: str, value: bytes) -> None:
+    def get(self, user_id: str, default: object = None) -> bytes | None:  # type: ignore[override]
         raise RuntimeError("disk on fire")
 
 
+class UnwritableStore(MemoryStore):
+    """A table whose writes fail."""
+
+    def write(self, writes) -> None:
+        raise OSError("disk full")
+
+
 def run_step(
-    model_dir: Path, store: MutableMapping[str, bytes], messages: list[tuple[bytes | None, bytes]]
+    model_dir: Path, store: ContextStore, messages: list[tuple[bytes | None, bytes]]
 ) -> tuple[list[Recommendation], list[dict], list[int], Metrics]:
     """Each message through one EventStep; returns lists, dead letters, acked offsets, metrics."""
     settings = Settings(model_dir=str(model_dir), model_reload_s=0)
@@ -33,14 +39,14 @@ def run_step(
     acked: list[int] = []
     metrics = Metrics()
 
-    async def send_list(user_id: str, value: bytes) -> None:
-        lists.append(Recommendation.from_json(value))
+    async def publish_lists(published: list[tuple[str, bytes]]) -> None:
+        lists.extend(Recommendation.from_json(value) for _, value in published)
 
     async def send_dead_letter(value: bytes) -> None:
         letters.append(orjson.loads(value))
 
     async def run() -> None:
-        pipeline = ScoringPipeline(settings, metrics, send_list)
+        pipeline = ScoringPipeline(settings, metrics, publish_lists)
         step = EventStep(settings, metrics, store, pipeline, send_dead_letter)
         await pipeline.start()
         try:
@@ -64,7 +70,7 @@ def test_valid_events_are_remembered_scored_and_acked_after_their_list(tiny_mode
         Event("b", "u1", "purchase", 2, item_id="1"),
         Event("c", "u2", "search", 3, query="toy story"),
     ]
-    store: dict[str, bytes] = {}
+    store = MemoryStore()
     messages = [e.to_message() for e in events]
     lists, letters, acked, metrics = run_step(tiny_model_dir, store, messages)
     assert not letters and sorted(acked) == [0, 1, 2]
@@ -90,7 +96,36 @@ def test_invalid_input_is_dead_lettered_with_where_it_was_read(tiny_model_dir):
 
 def test_a_bug_below_the_step_dead_letters_the_message_and_the_worker_goes_on(tiny_model_dir):
     event = Event("a", "u1", "click", 1, item_id="1")
-    lists, letters, acked, metrics = run_step(tiny_model_dir, BrokenStore(), [event.to_message()])
+    store = UnreadableStore()
+    lists, letters, acked, metrics = run_step(tiny_model_dir, store, [event.to_message()])
     assert [x["reason"] for x in letters] == ["internal_error"]
     assert "RuntimeError: disk on fire" in letters[0]["detail"]
     assert acked == [0] and not lists
+
+
+def test_contexts_are_written_once_per_batch_before_it_is_scored(tiny_model_dir):
+    """Three events of one user, one batch: one write, with the newest context."""
+    writes: list[list[str]] = []
+
+    class CountingStore(MemoryStore):
+        def write(self, batch) -> None:
+            writes.append([user for user, _, _ in batch])
+            super().write(batch)
+
+    events = [Event(f"e{i}", "u1", "click", i, item_id=str(i)) for i in range(1, 4)]
+    store = CountingStore()
+    lists, _, acked, metrics = run_step(tiny_model_dir, store, [e.to_message() for e in events])
+    assert writes == [["u1"]]
+    context = UserContext.from_bytes(store["u1"])
+    assert context is not None and [e.event_id for e in context.events] == ["e1", "e2", "e3"]
+    assert [rec.trigger_event_id for rec in lists] == ["e3"] and sorted(acked) == [0, 1, 2]
+    assert metrics.counters["events_coalesced"] == 2
+
+
+def test_a_failed_context_write_is_loud_and_the_worker_goes_on(tiny_model_dir):
+    event = Event("a", "u1", "click", 1, item_id="1")
+    lists, letters, acked, metrics = run_step(
+        tiny_model_dir, UnwritableStore(), [event.to_message()]
+    )
+    assert metrics.counters["context_writes_failed"] == 1
+    assert [rec.trigger_event_id for rec in lists] == ["a"] and acked == [0] and not letters
