@@ -184,6 +184,8 @@ class ScoringPipeline(Service):
                 outcome,
             )
             self.metrics.inc("users_failed", len(batch.users))
+            # no lists, but what goes out with every batch (its contexts' changelog) still does
+            await self._publish_lists([])
         else:
             generated = now_ms()
             version = outcome.model_version

@@ -129,3 +129,38 @@ def test_a_failed_context_write_is_loud_and_the_worker_goes_on(tiny_model_dir):
     )
     assert metrics.counters["context_writes_failed"] == 1
     assert [rec.trigger_event_id for rec in lists] == ["a"] and acked == [0] and not letters
+
+
+def test_a_failed_scoring_batch_still_hands_over_its_contexts_before_the_acks(tiny_model_dir):
+    """No list, but the publish (which carries the contexts' changelog) runs before any ack."""
+    settings = Settings(model_dir=str(tiny_model_dir), model_reload_s=0)
+    order: list[str] = []
+
+    async def publish_lists(published: list[tuple[str, bytes]]) -> None:
+        order.append(f"publish {len(published)}")
+
+    async def run() -> None:
+        pipeline = ScoringPipeline(settings, Metrics(), publish_lists)
+        step = EventStep(settings, pipeline.metrics, MemoryStore(), pipeline, publish_lists)
+        await pipeline.start()
+        try:
+            await pipeline.wait_ready()
+
+            def broken(contexts):
+                raise RuntimeError("model on fire")
+
+            pipeline._score = broken  # type: ignore[method-assign]
+            pipeline.batcher._score = broken  # type: ignore[union-attr]
+
+            async def ack() -> None:
+                order.append("ack")
+
+            event = Event("a", "u1", "click", 1, item_id="1")
+            key, value = event.to_message()
+            await step(value, key, Origin("events", 0, 0), ack)
+        finally:
+            await pipeline.stop()
+        assert pipeline.metrics.counters["users_failed"] == 1
+
+    asyncio.run(run())
+    assert order == ["publish 0", "ack"]
