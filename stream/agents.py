@@ -2,7 +2,8 @@
 
 :func:`install` builds the worker's :class:`~stream.runtime.Runtime` on an App and registers
 the agent, a stats timer, the start-up checks and the web views. The agent reads the events
-topic one message at a time (table writes need Faust's stream context) and hands each to
+topic one message at a time, as Faust streams do, and hands each, with Faust's event (the
+table writes a context as from its user's newest message), to
 :class:`~stream.step.EventStep`; acks are its own, made once the list reflecting an event is
 out. The worker installs it on the one App (:mod:`stream.worker`); a unit test on an App of
 its own, with in-memory outputs.
