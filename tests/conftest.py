@@ -62,14 +62,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
 
 
 def worker_settings(
-    broker_url: str, model_dir: Path, work_dir: Path, /, **overrides: Any
+    broker_url: str, model_dir: Path, work_dir: Path, /, processes: int = 1, **overrides: Any
 ) -> Settings:
-    """A test worker's settings: its own group, topics (4 partitions), data directory and port.
+    """A test worker's settings: its own group, topics (4 partitions), data directory and port
+    (ports, one per process).
 
     ``overrides`` change any field, the model directory included.
     """
     base = Settings(broker=broker_url, model_dir=str(model_dir), topic_partitions=4)
-    return fresh_settings(base.with_overrides(**overrides), work_dir, "sr")
+    return fresh_settings(base.with_overrides(**overrides), work_dir, "sr", processes)
 
 
 @pytest.fixture
@@ -91,7 +92,9 @@ def worker_factory(
         **overrides: Any,
     ) -> WorkerProcess:
         if settings is None:
-            settings = worker_settings(broker.url, tiny_model_dir, tmp_path, **overrides)
+            settings = worker_settings(
+                broker.url, tiny_model_dir, tmp_path, processes=processes, **overrides
+            )
         create_topics(settings)
         worker = WorkerProcess(settings, tmp_path, env=env, processes=processes)
         made.append(worker)

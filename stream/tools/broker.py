@@ -69,6 +69,30 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = HOST, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports that were all free a moment ago.
+
+    Raises:
+        BrokerError: no such range was found in ``attempts`` tries.
+    """
+    for _ in range(attempts):
+        first = free_port(host)
+        if first + count > 65536:
+            continue
+        taken = False
+        for port in range(first + 1, first + count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return first
+    msg = f"no {count} consecutive free ports on {host} after {attempts} tries"
+    raise BrokerError(msg)
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):

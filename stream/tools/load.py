@@ -69,10 +69,15 @@ def stream_events(events: Sequence[Event]) -> Iterator[Event]:
 
 
 def with_backlog(
-    settings: Settings, work: Path, name: str, events: Sequence[Event], count: int
+    settings: Settings,
+    work: Path,
+    name: str,
+    events: Sequence[Event],
+    count: int,
+    processes: int = 1,
 ) -> Settings:
     """``settings`` on fresh topics and group whose events topic holds ``count`` events."""
-    settings = fresh_settings(settings, work, name)
+    settings = fresh_settings(settings, work, name, processes)
     create_topics(settings)
     asyncio.run(preload(settings, stream_events(events), count))
     return settings
@@ -113,7 +118,7 @@ def saturation(
     profile_s: float = 0.0,
 ) -> dict[str, Any]:
     """A worker (``processes`` of them) on a preloaded backlog: its rate, CPU and batches."""
-    settings = with_backlog(settings, work, name, events, backlog)
+    settings = with_backlog(settings, work, name, events, backlog, processes)
     worker = WorkerProcess(
         settings, work, processes=processes, profile=profile, profile_s=profile_s
     )
@@ -150,7 +155,7 @@ def latency(
     processes: int = 1,
 ) -> dict[str, Any]:
     """An idle worker offered ``rate`` events/s for ``window`` s: event → list percentiles."""
-    settings = fresh_settings(settings, work, name)
+    settings = fresh_settings(settings, work, name, processes)
     create_topics(settings)
     with WorkerProcess(settings, work, processes=processes) as worker:
         worker.wait_ready()

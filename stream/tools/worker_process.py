@@ -31,15 +31,21 @@ import orjson
 
 from stream.errors import StreamrecError
 from stream.settings import Settings
-from stream.tools.broker import free_port
+from stream.tools.broker import free_ports
 from stream.tools.topics import ensure_topics, streamrec_topics
 
 #: Seconds a worker is given to exit after a signal before it is killed.
 STOP_TIMEOUT_S = 30.0
 
 
-def fresh_settings(settings: Settings, work_dir: Path, name: str = "worker") -> Settings:
-    """``settings`` with a new app id (consumer group), topics, data directory and web port."""
+def fresh_settings(
+    settings: Settings, work_dir: Path, name: str = "worker", processes: int = 1
+) -> Settings:
+    """``settings`` with a new app id (consumer group), topics, data directory and web port.
+
+    With ``processes``, the web port is the first of that many free consecutive ports (one
+    per process of a supervised group).
+    """
     suffix = f"{name}-{uuid.uuid4().hex[:8]}"
     return settings.with_overrides(
         app_id=suffix,
@@ -47,7 +53,7 @@ def fresh_settings(settings: Settings, work_dir: Path, name: str = "worker") -> 
         recommendations_topic=f"{suffix}-recommendations",
         dlq_topic=f"{suffix}-dlq",
         data_dir=str(Path(work_dir, suffix).resolve()),
-        web_port=free_port(),
+        web_port=free_ports(processes),
     )
 
 

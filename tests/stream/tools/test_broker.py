@@ -30,3 +30,14 @@ def test_a_taken_port_is_reported(broker):
 def test_bad_binary_override_is_reported(tmp_path):
     with pytest.raises(BrokerError, match="STREAMREC_TANSU_BIN"):
         find_tansu(str(tmp_path / "missing"))
+
+
+def test_a_range_of_free_ports_is_free_throughout():
+    import socket
+
+    from stream.tools.broker import free_ports
+
+    first = free_ports(4)
+    for port in range(first, first + 4):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))  # each one binds
