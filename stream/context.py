@@ -3,8 +3,9 @@
 A :class:`UserContext` is immutable, so a snapshot handed to a scoring batch never changes
 under it. :func:`apply_event` is idempotent on ``event_id`` within the window, so an event
 redelivered after a crash (at-least-once) does not enter the context twice.
-:func:`update_context` is the one place a stored context is read, updated and written back:
-the worker passes its Faust table, the replay tool a dict.
+:func:`update_context` folds one event into a store of contexts; the worker keeps updated
+contexts until their scoring batch is cut and writes each once (:mod:`stream.step`), which
+must leave the same contexts as this per-event fold (the worker tests compare the two).
 """
 
 from __future__ import annotations

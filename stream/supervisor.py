@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stream.errors import ConfigError
@@ -81,7 +81,6 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     quick_deaths: int = 0
-    restarts: int = field(default=0)
 
 
 def _die_with_parent() -> None:
@@ -165,7 +164,6 @@ class Supervisor:
                     failed = True
                     self._on_signal(signal.SIGTERM, None)
                     break
-                child.restarts += 1
                 log.warning(
                     "worker process %d (pid %d) %s after %.0f s; restarting it",
                     child.index,

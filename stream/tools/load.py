@@ -11,7 +11,6 @@ the event's ``ts`` (stamped when produced) to its list's arrival on the output t
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +28,12 @@ from stream.records import Event, Recommendation
 from stream.settings import Settings
 from stream.tools.backtest import by_user
 from stream.tools.lists import TopicReader
-from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+from stream.tools.worker_process import (
+    WorkerProcess,
+    create_topics,
+    fresh_settings,
+    process_env,
+)
 
 #: Largest record batch the preloading producer builds (many events per request).
 PRELOAD_BATCH_BYTES = 1 << 20
@@ -234,7 +238,7 @@ def faust_floor(
                 "--count",
                 str(count),
             ],
-            env={**os.environ, **settings.to_env()},
+            env=process_env(settings),
             stdout=subprocess.PIPE,
             stderr=stderr,
             timeout=timeout,

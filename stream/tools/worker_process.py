@@ -57,6 +57,11 @@ def fresh_settings(
     )
 
 
+def process_env(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process run with ``settings``: ours, the settings, then ``env``."""
+    return {**os.environ, **settings.to_env(), **(env or {})}
+
+
 class WorkerProcess:
     """One worker subprocess with ``settings``; each start logs to a new file in ``log_dir``.
 
@@ -83,7 +88,7 @@ class WorkerProcess:
         self.command = [*command, "--processes", str(processes)] if processes > 1 else [*command]
         self.ports = [settings.web_port + i for i in range(processes)]
         self.log_dir = Path(log_dir)
-        self.env = {**os.environ, **settings.to_env(), **(env or {})}
+        self.env = process_env(settings, env)
         self.process: subprocess.Popen[bytes] | None = None
         #: Workers of one group share an app id; the port tells their logs apart.
         self.name = f"{settings.app_id}-{settings.web_port}"
