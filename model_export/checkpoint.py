@@ -7,23 +7,27 @@ Layout: ``checkpoint.json`` (format, item ids, configs, training report),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from safetensors.torch import load_file, save_file
 
+from model_export.data import CatalogueItem
 from model_export.model import RankerConfig, SequenceRanker
 from model_export.text import TextEncoder, text_tokenizer
 from model_export.train import TrainedModel
 from stream.errors import ModelExportError
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 CHECKPOINT_FILE = "checkpoint.json"
 
 
-def save_checkpoint(trained: TrainedModel, items: tuple[str, ...], path: str | Path) -> Path:
-    """Write ``trained`` under ``path`` (a directory)."""
+def save_checkpoint(
+    trained: TrainedModel, catalogue: Sequence[CatalogueItem], path: str | Path
+) -> Path:
+    """Write ``trained`` and the catalogue it was trained on under ``path`` (a directory)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in trained.ranker.state_dict().items()}
@@ -32,7 +36,8 @@ def save_checkpoint(trained: TrainedModel, items: tuple[str, ...], path: str | P
         trained.encoder.bert.save_pretrained(str(out / "text_encoder"))
     body: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "items": list(items),
+        "items": [i.item_id for i in catalogue],
+        "texts": [i.text for i in catalogue],
         "model_config": trained.report["model_config"],
         "report": trained.report,
     }
@@ -40,7 +45,7 @@ def save_checkpoint(trained: TrainedModel, items: tuple[str, ...], path: str | P
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[TrainedModel, tuple[str, ...]]:
+def load_checkpoint(path: str | Path) -> tuple[TrainedModel, list[CatalogueItem]]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
@@ -53,7 +58,10 @@ def load_checkpoint(path: str | Path) -> tuple[TrainedModel, tuple[str, ...]]:
         msg = f"{root} is not a checkpoint ({exc}); run `python -m model_export train --out {root}`"
         raise ModelExportError(msg) from exc
     if body.get("format") != CHECKPOINT_FORMAT:
-        msg = f"{root / CHECKPOINT_FILE}: checkpoint format {body.get('format')!r} unsupported"
+        msg = (
+            f"{root / CHECKPOINT_FILE}: checkpoint format {body.get('format')!r} unsupported "
+            f"(this model_export reads {CHECKPOINT_FORMAT}); train again: make model"
+        )
         raise ModelExportError(msg)
     config = RankerConfig(**body["model_config"])
     ranker = SequenceRanker(config)
@@ -63,4 +71,5 @@ def load_checkpoint(path: str | Path) -> tuple[TrainedModel, tuple[str, ...]]:
     if config.use_text:
         encoder = TextEncoder.from_pretrained(root / "text_encoder").eval()
         tokenizer = text_tokenizer(body["report"]["train_config"]["text"]["max_tokens"])
-    return TrainedModel(ranker, encoder, tokenizer, body["report"]), tuple(body["items"])
+    catalogue = [CatalogueItem(i, t) for i, t in zip(body["items"], body["texts"], strict=True)]
+    return TrainedModel(ranker, encoder, tokenizer, body["report"]), catalogue

@@ -35,6 +35,18 @@ def _events(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _catalogue(args: argparse.Namespace) -> None:
+    from stream.pipeline import now_ms
+    from stream.records import CatalogueRecord
+
+    stamp = now_ms()
+    items = data.movielens_catalogue(args.datasets_dir)
+    with open(args.out, "wb") as fh:
+        for item in items:
+            fh.write(CatalogueRecord(item.item_id, item.text, ts=stamp).to_json() + b"\n")
+    print(f"wrote {len(items)} catalogue records to {args.out}")
+
+
 def _inputs(args: argparse.Namespace) -> tuple[list, list[data.CatalogueItem], str]:
     if bool(args.events) != bool(args.catalogue):
         msg = "--events and --catalogue go together (your log and its items)"
@@ -87,7 +99,7 @@ def _train(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
     )
     trained.report["dataset"] = source
-    save_checkpoint(trained, tuple(i.item_id for i in catalogue), args.checkpoint)
+    save_checkpoint(trained, catalogue, args.checkpoint)
     summary = {
         "checkpoint": str(args.checkpoint),
         "train_seconds": trained.report["seconds"],
@@ -103,8 +115,8 @@ def _export(args: argparse.Namespace) -> dict:
     from model_export.checkpoint import load_checkpoint
     from model_export.export import export
 
-    trained, items = load_checkpoint(args.checkpoint)
-    manifest = export(trained, items, args.out, {"checkpoint": str(args.checkpoint)})
+    trained, catalogue = load_checkpoint(args.checkpoint)
+    manifest = export(trained, catalogue, args.out, {"checkpoint": str(args.checkpoint)})
     summary = {
         "model_dir": str(args.out),
         "model_version": manifest.model_version,
@@ -201,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = commands.add_parser("events", help="write MovieLens-100k as JSONL events")
     events.add_argument("--out", required=True)
     events.set_defaults(run=_events)
+    catalogue = commands.add_parser(
+        "catalogue", help="write MovieLens-100k's items as catalogue records (JSONL)"
+    )
+    catalogue.add_argument("--out", required=True)
+    catalogue.set_defaults(run=_catalogue)
     for name, run, text in (
         ("train", _train, "train and write a checkpoint"),
         ("build", _build, "train, then export a model directory"),

@@ -81,6 +81,10 @@ def evaluate_model_dir(
                     "event_types": examples.event_types[rows],
                     "query_ids": examples.query_ids[rows] + 1,  # -1 (none) is row 0
                     "query_table": query_table,
+                    "extra_items": scorer.items.extra,
+                    "blocked_ids": scorer.items.blocked,
+                    "item_added": scorer.items.added_days,
+                    "user_days": examples.days[rows].astype(np.float32),
                     "exclude_ids": exclude_matrix(examples.excluded[rows]),
                 }
             )

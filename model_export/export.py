@@ -12,6 +12,7 @@ import copy
 import logging
 import shutil
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -22,8 +23,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from model_export.data import CatalogueItem
 from model_export.model import SequenceRanker
 from model_export.parity import (
+    check_item_tower,
     check_query_encoder,
     check_query_encoder_int8,
     check_ranker,
@@ -33,6 +36,8 @@ from model_export.text import TextEncoder, pretrained_dir
 from model_export.train import TrainedModel
 from stream.errors import ModelExportError
 from stream.manifest import (
+    DAY_MS,
+    ITEM_ID_VECTORS,
     ITEM_VECTORS,
     MANIFEST_FILE,
     QUERY_ENCODER,
@@ -59,6 +64,7 @@ FILES = {
     QUERY_ENCODER_INT8: "query_encoder.int8.onnx",
     TOKENIZER: "tokenizer.json",
     ITEM_VECTORS: "item_vectors.npy",
+    ITEM_ID_VECTORS: "item_id_vectors.npy",
 }
 #: Axes fixed at export (from the model config); every other named axis is dynamic.
 FIXED_AXES = frozenset({"history", "max_k", "query_dim"})
@@ -125,11 +131,23 @@ class HalfRanker(nn.Module):
         event_types: torch.Tensor,
         query_ids: torch.Tensor,
         query_table: torch.Tensor,
+        extra_items: torch.Tensor,
+        blocked_ids: torch.Tensor,
+        item_added: torch.Tensor,
+        user_days: torch.Tensor,
         exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same as :meth:`SequenceRanker.forward`, computed in half precision."""
+        """Same as :meth:`SequenceRanker.forward`, in half precision (ages in fp32)."""
         scores, indices = self.ranker(
-            item_ids, event_types, query_ids, query_table.half(), exclude_ids
+            item_ids,
+            event_types,
+            query_ids,
+            query_table.half(),
+            extra_items.half(),
+            blocked_ids,
+            item_added,
+            user_days,
+            exclude_ids,
         )
         return scores.float(), indices
 
@@ -163,14 +181,18 @@ def export_query_encoder_int8(encoder_path: Path, path: Path) -> Path:
 
 
 def export(
-    trained: TrainedModel, items: tuple[str, ...], out_dir: str | Path, info: dict[str, Any]
+    trained: TrainedModel,
+    catalogue: Sequence[CatalogueItem],
+    out_dir: str | Path,
+    info: dict[str, Any],
 ) -> ModelManifest:
-    """Export ``trained`` to ``out_dir``: ONNX files, tokenizer, then ``manifest.json``.
+    """Export ``trained``, trained on ``catalogue``, to ``out_dir``: files, then ``manifest.json``.
 
     Raises:
         ModelExportError: if a parity check fails (nothing is marked servable then).
     """
     ranker = trained.ranker.eval()
+    items = tuple(i.item_id for i in catalogue)
     if len(items) != ranker.config.num_items:
         msg = f"{len(items)} item ids for a ranker of {ranker.config.num_items} items"
         raise ModelExportError(msg)
@@ -179,14 +201,20 @@ def export(
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     ranker_path = export_ranker(ranker, out / FILES[RANKER])
     np.save(out / FILES[ITEM_VECTORS], ranker.unit_item_vectors().numpy(), allow_pickle=False)
+    with torch.no_grad():
+        id_vectors = ranker.id_vectors().float().numpy()
+    np.save(out / FILES[ITEM_ID_VECTORS], id_vectors, allow_pickle=False)
     fp16_path = export_fp16(ranker, out / FILES[RANKER_FP16])
     parity: dict[str, Any] = {"ranker": check_ranker(ranker, ranker_path, fp16_path)}
-    written = [RANKER, RANKER_FP16, ITEM_VECTORS]
+    written = [RANKER, RANKER_FP16, ITEM_VECTORS, ITEM_ID_VECTORS]
     max_tokens = int(trained.report["train_config"]["text"]["max_tokens"])
     if trained.encoder is not None and trained.tokenizer is not None:
         tower = QueryTower(trained.encoder, ranker).eval()
         query_path = export_query_encoder(tower, trained.tokenizer, out / FILES[QUERY_ENCODER])
         parity["query_encoder"] = check_query_encoder(tower, trained.tokenizer, query_path)
+        parity["item_tower"] = check_item_tower(
+            ranker, ranker_path, query_path, trained.tokenizer, id_vectors, catalogue
+        )
         shutil.copyfile(pretrained_dir() / "tokenizer.json", out / FILES[TOKENIZER])
         written += [QUERY_ENCODER, TOKENIZER]
         int8_path = export_query_encoder_int8(query_path, out / FILES[QUERY_ENCODER_INT8])
@@ -209,6 +237,10 @@ def export(
         query_max_tokens=max_tokens,
         opset=OPSET,
         created_at=created.isoformat(timespec="seconds"),
+        item_texts=tuple(i.text for i in catalogue),
+        item_added_ms=tuple(
+            int(round(float(d) * DAY_MS)) for d in ranker.item_added[1:].double().tolist()
+        ),
         versions={
             package: version(package)
             for package in ("streamrec", "torch", "onnx", "onnxruntime-gpu", "transformers")

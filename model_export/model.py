@@ -12,6 +12,13 @@ Design (docs/model.md):
 * **Scores** = user · item + ``alpha`` x a recency-weighted co-occurrence prior
   (``log1p`` of :func:`model_export.cooccurrence.cooccurrence` over the training split, with
   learned per-position weights). Exclusion and top-K run inside the graph.
+* **A living catalogue.** The served graph scores the trained items and the *extra items*
+  it is given as an input (items added after export, or whose text changed): each extra
+  item's vector is an id part (``new_item``, learned, for an item the model never saw) plus
+  its projected text, computed by the worker with the exported text tower. Training replaces
+  a share (``cold_rate``) of the items' id embeddings with ``new_item`` in every batch, so
+  text alone places an item where its users are. Blocked items (unavailable, removed) are
+  masked for every user, as excluded ones are per user.
 
 ``use_text=False`` is the ablation without the language model.
 """
@@ -32,6 +39,11 @@ MASK_SCORE = -30000.0
 NUM_EVENT_TYPES = len(EVENT_TYPE_IDS) + 1  # padding (0), then the contract's event types
 CLICK = EVENT_TYPE_IDS["click"]
 TEXT_DIM = 384  # MiniLM-L6's sentence embedding size
+#: Time scales (days) of the item-age terms.
+AGE_SCALES_DAYS = (3.0, 14.0, 60.0)
+#: An item added more than this long after a list's time has no age term in it (served as
+#: it was before the age terms existed) and, in training, is masked (the shop lacked it).
+RELEASE_SLACK_DAYS = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class RankerConfig:
     max_k: int = 100
     use_text: bool = True
     use_cooc: bool = True
+    use_age: bool = True
     text_dim: int = TEXT_DIM
 
 
@@ -79,6 +92,7 @@ class SequenceRanker(nn.Module):
     """Scores the whole catalogue for a batch of left-padded event histories."""
 
     item_text: torch.Tensor
+    item_added: torch.Tensor
     cooc: torch.Tensor
     causal: torch.Tensor
     diagonal: torch.Tensor
@@ -96,6 +110,11 @@ class SequenceRanker(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
         nn.init.normal_(self.item_emb.weight, std=0.05)
+        #: The id part of an item the model never trained on (added after export).
+        self.new_item = nn.Parameter(torch.zeros(d))
+        self.age_weights = nn.Parameter(torch.zeros(len(AGE_SCALES_DAYS)))
+        #: When each trained item was added, in days since the epoch (row 0 unused).
+        self.register_buffer("item_added", torch.zeros(n))
         self.text_proj = nn.Linear(config.text_dim, d) if config.use_text else None
         self.register_buffer("item_text", torch.zeros(n, config.text_dim if config.use_text else 0))
         # Co-occurrence prior: log1p counts, per-position log weights (newest last), gate.
@@ -112,6 +131,25 @@ class SequenceRanker(nn.Module):
         self.item_text.zero_()
         self.item_text[1:] = embeddings
 
+    def set_item_added(self, days: torch.Tensor) -> None:
+        """Install when each item was added ``[num_items + 1]`` (days since the epoch)."""
+        self.item_added.copy_(days)
+
+    def age_boost(self, now: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
+        """``[..., items]`` score added for each item's age at ``now`` (``[..., 1]`` days).
+
+        Computed in fp32 whatever the model's precision: days since the epoch need it. An
+        item added more than :data:`RELEASE_SLACK_DAYS` after ``now`` gets nothing.
+        """
+        raw = now.float() - added.float()
+        age = raw.clamp(min=0.0)
+        weights = self.age_weights.float()
+        boost = torch.zeros_like(age)
+        for k, scale in enumerate(AGE_SCALES_DAYS):
+            boost = boost + weights[k] * torch.exp(age * (-1.0 / scale))
+        # an item added after the list's time (a clock behind, a replayed log) is not new
+        return boost.masked_fill(raw < -RELEASE_SLACK_DAYS, 0.0)
+
     def set_cooc(self, counts: torch.Tensor) -> None:
         """Install the co-occurrence counts ``[num_items + 1, num_items + 1]``."""
         self.cooc.copy_(torch.log1p(counts))
@@ -122,11 +160,22 @@ class SequenceRanker(nn.Module):
             return torch.zeros(*text.shape[:-1], self.config.dim, dtype=text.dtype)
         return self.text_proj(text)
 
-    def item_matrix(self) -> torch.Tensor:
-        """Item vectors ``[num_items + 1, dim]``."""
-        if self.text_proj is None:
-            return self.item_emb.weight
-        return self.item_emb.weight + self.text_proj(self.item_text)
+    def id_vectors(self, cold: torch.Tensor | None = None) -> torch.Tensor:
+        """The id part of each item's vector ``[num_items + 1, dim]``; row 0 is ``new_item``.
+
+        ``cold`` (bool ``[num_items + 1]``, training) shows those items as never seen.
+        """
+        ids = torch.cat([self.new_item.unsqueeze(0), self.item_emb.weight[1:]])
+        if cold is not None:
+            ids = torch.where(cold.unsqueeze(-1), self.new_item, ids)
+        return ids
+
+    def item_matrix(self, cold: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors ``[num_items + 1, dim]`` (row 0, padding, is zeros)."""
+        ids = self.id_vectors(cold)
+        if self.text_proj is not None:
+            ids = ids + self.text_proj(self.item_text)
+        return torch.cat([torch.zeros_like(ids[:1]), ids[1:]])
 
     @torch.no_grad()
     def unit_item_vectors(self) -> torch.Tensor:
@@ -136,10 +185,13 @@ class SequenceRanker(nn.Module):
         return vectors
 
     def hidden(
-        self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
+        self,
+        items: torch.Tensor,
+        item_ids: torch.Tensor,
+        event_types: torch.Tensor,
+        query_vecs: torch.Tensor,
     ) -> torch.Tensor:
-        """User vectors at every position ``[batch, history, dim]``."""
-        items = self.item_matrix()
+        """User vectors at every position ``[batch, history, dim]`` (``items[item_ids]``)."""
         present = event_types > 0
         x = items[item_ids] + self.type_emb(event_types) + query_vecs + self.pos_emb
         x = self.drop(x * present.unsqueeze(-1).to(x.dtype))
@@ -156,20 +208,41 @@ class SequenceRanker(nn.Module):
         return ((event_types == CLICK) & (item_ids > 0)).to(self.recency.dtype)
 
     def logits(
-        self, item_ids: torch.Tensor, event_types: torch.Tensor, query_vecs: torch.Tensor
+        self,
+        item_ids: torch.Tensor,
+        event_types: torch.Tensor,
+        query_vecs: torch.Tensor,
+        extra_items: torch.Tensor | None = None,
+        now: torch.Tensor | None = None,
+        added: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unmasked scores of every item at the last position ``[batch, num_items + 1]``."""
-        user = self.hidden(item_ids, event_types, query_vecs)[:, -1]
-        scores = user @ self.item_matrix().T
+        """Unmasked scores at the last position ``[batch, num_items + 1 + extra]``.
+
+        ``extra_items`` ``[extra, dim]`` are items after the trained ones (indices from
+        ``num_items + 1``); the co-occurrence prior knows only the trained items. ``now``
+        ``[batch]`` (days) is when each list is made; ``added`` when every item (extra ones
+        included) was added, the trained items' own times by default.
+        """
+        items = self.item_matrix()
+        if extra_items is not None:
+            items = torch.cat([items, extra_items.to(items.dtype)])
+        user = self.hidden(items, item_ids, event_types, query_vecs)[:, -1]
+        scores = user @ items.T
         if self.config.use_cooc:
-            weights = torch.exp(self.recency) * self._clicks(item_ids, event_types)
+            trained = self.cooc.shape[0]
+            known = torch.where(item_ids < trained, item_ids, torch.zeros_like(item_ids))
+            weights = torch.exp(self.recency) * self._clicks(known, event_types)
             # fp32 scatter (ONNX Runtime has no fp16 ScatterElements-add on CPU), then cast
             histogram = (
-                torch.zeros(scores.shape, dtype=torch.float32)
-                .scatter_add(1, item_ids, weights.float())
+                torch.zeros((scores.shape[0], trained), dtype=torch.float32)
+                .scatter_add(1, known, weights.float())
                 .to(scores.dtype)
             )
-            scores = scores + self.alpha * (histogram @ self.cooc)
+            prior = self.alpha * (histogram @ self.cooc)
+            scores = scores + torch.cat([prior, torch.zeros_like(scores[:, trained:])], dim=1)
+        if self.config.use_age and now is not None:
+            added = self.item_added if added is None else added
+            scores = scores + self.age_boost(now.unsqueeze(-1), added).to(scores.dtype)
         return scores
 
     def all_logits(
@@ -178,13 +251,18 @@ class SequenceRanker(nn.Module):
         event_types: torch.Tensor,
         query_vecs: torch.Tensor,
         cooc: torch.Tensor | None = None,
+        cold: torch.Tensor | None = None,
+        days: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores at every position ``[batch, history, num_items + 1]`` (training).
 
         ``cooc`` replaces the installed prior (training passes out-of-fold counts, so a
-        user's own transitions never reveal their targets).
+        user's own transitions never reveal their targets); ``cold`` items are shown by
+        text alone (:meth:`id_vectors`) and without the prior, as new items are served;
+        ``days`` ``[batch, history]`` is each position's time (item age).
         """
-        scores = self.hidden(item_ids, event_types, query_vecs) @ self.item_matrix().T
+        items = self.item_matrix(cold)
+        scores = self.hidden(items, item_ids, event_types, query_vecs) @ items.T
         if self.config.use_cooc:
             length = item_ids.shape[1]
             lag = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
@@ -192,7 +270,12 @@ class SequenceRanker(nn.Module):
             per_lag = torch.exp(self.recency).flip(0)[lag.clamp(min=0)] * (lag >= 0)
             weights = per_lag.unsqueeze(0) * self._clicks(item_ids, event_types).unsqueeze(1)
             prior = self.cooc if cooc is None else cooc
-            scores = scores + self.alpha * torch.bmm(weights, prior[item_ids])
+            term = self.alpha * torch.bmm(weights, prior[item_ids])
+            if cold is not None:
+                term = term.masked_fill(cold, 0.0)
+            scores = scores + term
+        if self.config.use_age and days is not None:
+            scores = scores + self.age_boost(days.unsqueeze(-1), self.item_added)
         return scores
 
     def forward(
@@ -201,16 +284,25 @@ class SequenceRanker(nn.Module):
         event_types: torch.Tensor,
         query_ids: torch.Tensor,
         query_table: torch.Tensor,
+        extra_items: torch.Tensor,
+        blocked_ids: torch.Tensor,
+        item_added: torch.Tensor,
+        user_days: torch.Tensor,
         exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``max_k`` (scores, item indices), excluded items and padding masked out.
+        """Top ``max_k`` (scores, item indices), excluded, blocked items and padding masked out.
 
         Search events name a row of ``query_table`` (the batch's distinct query vectors,
         row 0 zeros) in ``query_ids``; the gather runs inside the graph, so a batch sends
-        one vector per distinct query instead of one per history position.
+        one vector per distinct query instead of one per history position. Indices from
+        ``num_items + 1`` are rows of ``extra_items``; ``blocked_ids`` are masked for every
+        user, ``exclude_ids`` per user. ``item_added`` ``[items]`` says when each item (all
+        of them, padding first) was added and ``user_days`` ``[batch]`` when each list is
+        made, both in days since the epoch.
         """
         query_vecs = query_table[query_ids]
-        scores = self.logits(item_ids, event_types, query_vecs)
-        masked = torch.cat([torch.zeros_like(exclude_ids[:, :1]), exclude_ids], dim=1)
+        scores = self.logits(item_ids, event_types, query_vecs, extra_items, user_days, item_added)
+        blocked = blocked_ids.unsqueeze(0).expand(exclude_ids.shape[0], -1)
+        masked = torch.cat([torch.zeros_like(exclude_ids[:, :1]), exclude_ids, blocked], dim=1)
         scores = scores.scatter(1, masked, torch.full(masked.shape, MASK_SCORE, dtype=scores.dtype))
         return torch.topk(scores, self.config.max_k, dim=1)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
+from stream.manifest import DAY_MS, EVENT_TYPE_IDS, PAD_INDEX
 from stream.records import Event
 
 # Which items are removed from a list: the worker (``STREAMREC_EXCLUDE``), replay and
@@ -47,6 +47,7 @@ class UserSequence:
     items: np.ndarray  # int64 item index per event (0: no item / unknown item)
     types: np.ndarray  # int64 event type id per event
     query_ids: np.ndarray  # int64 index into Split.queries per event (-1: no query)
+    days: np.ndarray  # float64 event time per event, in days since the epoch
     valid_pos: int  # event index of the validation target (-1: user not evaluated)
     test_pos: int  # event index of the test target (-1: user not evaluated)
 
@@ -66,6 +67,7 @@ class EvalExamples:
     targets: np.ndarray  # [users]
     excluded: list[np.ndarray]  # item indices masked for each user
     histories: list[np.ndarray]  # every interaction before the target (for baselines)
+    days: np.ndarray  # [users] when the list is made: the newest history event, in days
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class TrainWindows:
     query_ids: np.ndarray
     targets: np.ndarray  # 0 where a position has no target inside the training part
     users: np.ndarray  # [windows] index of the window's user in Split.sequences
+    days: np.ndarray  # [windows, history] float32 each position's event time, in days
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Split:
     sequences: tuple[UserSequence, ...]
     num_items: int
     queries: tuple[str, ...]
+    #: [num_items + 1] when each item first appears in the events, in days (row 0 and items
+    #: never seen: the last event's time); the model's item age is counted from it.
+    added_days: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
     def evaluated(self) -> list[UserSequence]:
         """Users that have validation and test targets."""
@@ -113,6 +119,7 @@ class Split:
         query_ids = np.full(shape, NO_QUERY, dtype=np.int64)
         targets = np.zeros(len(users), dtype=np.int64)
         excluded, histories = [], []
+        days = np.zeros(len(users), dtype=np.float64)
         for row, seq in enumerate(users):
             pos = seq.valid_pos if target == "valid" else seq.test_pos
             start = max(0, pos - history_length)
@@ -123,7 +130,8 @@ class Split:
             targets[row] = seq.items[pos]
             excluded.append(_excluded(seq, pos, exclude))
             histories.append(seq.clicked_before(pos))
-        return EvalExamples(item_ids, event_types, query_ids, targets, excluded, histories)
+            days[row] = seq.days[pos - 1] if pos > 0 else seq.days[pos]
+        return EvalExamples(item_ids, event_types, query_ids, targets, excluded, histories, days)
 
     def windows(self, history_length: int, until: Horizon = "valid") -> TrainWindows:
         """Training windows: each event before ``until`` is a position with its next-click target.
@@ -131,7 +139,7 @@ class Split:
         Targets stay inside that part: with ``until="valid"`` nothing predicts the validation
         item; ``until="test"`` adds the validation transition (the final fit for the test).
         """
-        items, types, queries, targets, users = [], [], [], [], []
+        items, types, queries, targets, users, days = [], [], [], [], [], []
         for user, seq in enumerate(self.sequences):
             end = self.train_end(seq, until)
             if end == 0:
@@ -144,6 +152,7 @@ class Split:
                 types.append(np.pad(seq.types[start:stop], (pad, 0)))
                 queries.append(np.pad(seq.query_ids[start:stop], (pad, 0), constant_values=-1))
                 targets.append(np.pad(next_click[start:stop], (pad, 0)))
+                days.append(np.pad(seq.days[start:stop], (pad, 0), mode="edge"))
                 users.append(user)
         return TrainWindows(
             item_ids=np.stack(items).astype(np.int64),
@@ -151,6 +160,7 @@ class Split:
             query_ids=np.stack(queries).astype(np.int64),
             targets=np.stack(targets).astype(np.int64),
             users=np.array(users, dtype=np.int64),
+            days=np.stack(days).astype(np.float32),
         )
 
 
@@ -180,6 +190,7 @@ def build_split(events: Iterable[Event], items: Sequence[str]) -> Split:
         per_user[ev.user_id].append(ev)
     query_index: dict[str, int] = {}
     sequences = []
+    first_seen: dict[int, float] = {}
     for user, user_events in per_user.items():
         user_events.sort(key=lambda e: e.ts)  # stable: equal ts keep log order
         item_ids = np.array(
@@ -194,8 +205,16 @@ def build_split(events: Iterable[Event], items: Sequence[str]) -> Split:
             ],
             dtype=np.int64,
         )
+        days = np.array([e.ts / DAY_MS for e in user_events], dtype=np.float64)
+        for item, day in zip(item_ids.tolist(), days.tolist(), strict=True):
+            if item and day < first_seen.get(item, np.inf):
+                first_seen[item] = day
         clicks = np.flatnonzero((types == CLICK) & (item_ids != PAD_INDEX))
         enough = len(clicks) >= MIN_INTERACTIONS
         valid_pos, test_pos = (int(clicks[-2]), int(clicks[-1])) if enough else (-1, -1)
-        sequences.append(UserSequence(user, item_ids, types, query_ids, valid_pos, test_pos))
-    return Split(tuple(sequences), len(items), tuple(query_index))
+        sequences.append(UserSequence(user, item_ids, types, query_ids, days, valid_pos, test_pos))
+    latest = max((float(s.days[-1]) for s in sequences if len(s.days)), default=0.0)
+    added = np.full(len(items) + 1, latest, dtype=np.float64)
+    for item, day in first_seen.items():
+        added[item] = day
+    return Split(tuple(sequences), len(items), tuple(query_index), added)

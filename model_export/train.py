@@ -29,7 +29,13 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model_export.cooccurrence import CoocConfig, cooccurrence
-from model_export.model import CLICK, RankerConfig, SequenceRanker
+from model_export.model import (
+    CLICK,
+    MASK_SCORE,
+    RELEASE_SLACK_DAYS,
+    RankerConfig,
+    SequenceRanker,
+)
 from model_export.ranking import ranking_metrics, top_k
 from model_export.split import EvalExamples, Horizon, Split, TrainWindows
 from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
@@ -51,16 +57,19 @@ class TrainConfig:
     patience: int = 3
     seed: int = 7
     search_rate: float = 0.05
+    found_rate: float = 0.05  # share of events shown as a search for the item clicked next
     max_windows: int = 0  # 0 = all; small values make a tiny model for tests
     cooc_folds: int = 5  # out-of-fold co-occurrence priors in training (< 2: no folds)
     text_pairs: int = 20_000
+    cold_rate: float = 0.1  # share of items shown by text alone in each batch (new items)
+    mask_unreleased: bool = True  # items added over a day after a position: not candidates
     exclude: ExcludePolicy = "seen"
     text: TextConfig = field(default_factory=TextConfig)
     cooc: CoocConfig = field(default_factory=CoocConfig)
 
 
 #: A small, fast configuration for tests and smoke runs (under a minute on 2 cores).
-TINY = TrainConfig(epochs=2, max_windows=400, text_pairs=500, text=TextConfig(steps=4))
+TINY = TrainConfig(epochs=3, max_windows=4000, text_pairs=500, text=TextConfig(steps=4))
 
 
 @dataclass
@@ -138,7 +147,8 @@ def predict(
         item_ids = torch.from_numpy(examples.item_ids[rows])
         event_types = torch.from_numpy(examples.event_types[rows])
         queries = query_vectors(ranker, torch.from_numpy(examples.query_ids[rows]), query_text)
-        parts.append(ranker.logits(item_ids, event_types, queries).numpy())
+        now = torch.from_numpy(examples.days[rows]).float()
+        parts.append(ranker.logits(item_ids, event_types, queries, now=now).numpy())
     return np.concatenate(parts)
 
 
@@ -187,6 +197,8 @@ def train(
     started = time.perf_counter()
     report: dict[str, Any] = {"train_config": asdict(config), "model_config": asdict(model_config)}
     ranker = SequenceRanker(model_config)
+    added = torch.from_numpy(split.added_days).float()
+    ranker.set_item_added(added)
     encoder = tokenizer = None
     text = _Text(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, 0))
     if model_config.use_text:
@@ -219,6 +231,7 @@ def train(
     if final_fit is not None:
         seed_everything(config.seed)
         ranker = SequenceRanker(model_config)
+        ranker.set_item_added(added)
         if model_config.use_text:
             ranker.set_item_text(text.items)
         refit = _fit(ranker, split, final_fit, text, config, best_epoch, None, progress)
@@ -271,14 +284,26 @@ def _fit(
             item_ids = torch.from_numpy(windows.item_ids[rows])
             event_types = torch.from_numpy(windows.event_types[rows])
             queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), text.queries)
-            if ranker.config.use_text and config.search_rate > 0:
-                item_ids, event_types, queries = _as_searches(
-                    ranker, item_ids, event_types, queries, text.synthetic, config, generator
-                )
             targets = torch.from_numpy(windows.targets[rows])
+            if ranker.config.use_text and config.search_rate + config.found_rate > 0:
+                item_ids, event_types, queries = _as_searches(
+                    ranker,
+                    item_ids,
+                    event_types,
+                    queries,
+                    targets,
+                    text.synthetic,
+                    config,
+                    generator,
+                )
             keep = targets > 0
             prior = folds[fold] if folds else None
-            logits = ranker.all_logits(item_ids, event_types, queries, prior)[keep]
+            cold = _cold_items(ranker.config.num_items, config.cold_rate, generator)
+            days = torch.from_numpy(windows.days[rows])
+            logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days)
+            if config.mask_unreleased:
+                logits = _released(logits, ranker.item_added, days, targets)
+            logits = logits[keep]
             loss = torch.nn.functional.cross_entropy(logits, targets[keep])
             optimiser.zero_grad()
             loss.backward()
@@ -334,6 +359,24 @@ def _fold_batches(users: np.ndarray, folds: int, batch_size: int) -> list[tuple[
     return [batches[i] for i in np.random.permutation(len(batches))]
 
 
+def _released(
+    logits: torch.Tensor, added: torch.Tensor, days: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mask items added more than a day after each position (never a position's target)."""
+    later = added.view(1, 1, -1) > days.unsqueeze(-1) + RELEASE_SLACK_DAYS
+    later = later.scatter(-1, targets.unsqueeze(-1), False)
+    return logits.masked_fill(later, MASK_SCORE)
+
+
+def _cold_items(num_items: int, rate: float, generator: torch.Generator) -> torch.Tensor | None:
+    """Items shown as never seen in one batch (bool ``[num_items + 1]``), or ``None``."""
+    if rate <= 0:
+        return None
+    cold = torch.rand(num_items + 1, generator=generator) < rate
+    cold[0] = False
+    return cold
+
+
 def _subset(windows: TrainWindows, rows: np.ndarray) -> TrainWindows:
     return TrainWindows(
         windows.item_ids[rows],
@@ -341,6 +384,7 @@ def _subset(windows: TrainWindows, rows: np.ndarray) -> TrainWindows:
         windows.query_ids[rows],
         windows.targets[rows],
         windows.users[rows],
+        windows.days[rows],
     )
 
 
@@ -349,15 +393,23 @@ def _as_searches(
     item_ids: torch.Tensor,
     event_types: torch.Tensor,
     queries: torch.Tensor,
+    targets: torch.Tensor,
     synthetic_text: torch.Tensor,
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Show some clicks as the search for their item (item unknown, query vector given)."""
-    pick = (event_types == CLICK) & (
-        torch.rand(event_types.shape, generator=generator) < config.search_rate
-    )
-    searched = ranker.project_text(synthetic_text[item_ids[pick]])
+    """Show some events as searches (item unknown, query vector given).
+
+    A share of clicks (``search_rate``) become the search for their own item; a share of
+    events before a click (``found_rate``) become the search for the item clicked next, as
+    a shop's users search for an item and then open it. The second is what teaches a search
+    for a title to rank the item of that title, new items included.
+    """
+    draw = torch.rand(event_types.shape, generator=generator)
+    own = (event_types == CLICK) & (draw < config.search_rate)
+    found = ~own & (event_types > 0) & (targets > 0) & (draw > 1 - config.found_rate)
+    searched = item_ids.masked_fill(~own, 0) + targets.masked_fill(~found, 0)
+    pick = own | found
     queries = queries.clone()
-    queries[pick] = searched
+    queries[pick] = ranker.project_text(synthetic_text[searched[pick]])
     return item_ids.masked_fill(pick, 0), event_types.masked_fill(pick, SEARCH), queries

@@ -24,6 +24,7 @@ TOOLS: dict[str, tuple[str, str | None]] = {
     "broker": ("stream.tools.broker", None),
     "demo": ("stream.tools.demo", "export"),
     "replay": ("stream.tools.replay", "export"),
+    "backtest": ("stream.tools.temporal", "export"),
     "bench": ("stream.tools.bench", "export"),
 }
 #: ``STREAMREC_LOG_LEVEL`` as Faust's ``--loglevel``.

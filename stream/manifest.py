@@ -4,7 +4,14 @@ A model directory holds the ranker (``ranker.onnx``, required), optionally its f
 for GPUs (``ranker.fp16.onnx``), the query encoder (``query_encoder.onnx``) with its
 tokenizer (``tokenizer.json``) and optionally its int8 variant for CPUs
 (``query_encoder.int8.onnx``), the item vectors for diversity re-ranking
-(``item_vectors.npy``), and ``manifest.json`` naming each file with its sha256.
+(``item_vectors.npy``), the id part of each trained item's vector (``item_id_vectors.npy``,
+for items whose text changes after export and, in row 0, for new items), and
+``manifest.json`` naming each file with its sha256 and each trained item with its text.
+
+Format 3 (features ``streamrec.history/4``) serves a living catalogue: the ranker takes the
+vectors of items added after export (``extra_items``) and the items no list may hold
+(``blocked_ids``) as inputs. Directories of format 2 baked the item set into the graph and
+are refused with a message to re-export.
 ``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
 it with :func:`load_manifest`, which refuses a directory whose format, feature set or file
 hashes do not match.
@@ -21,12 +28,14 @@ import orjson
 
 from stream.errors import ModelLoadError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 #: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
-FEATURES = "streamrec.history/3"
+FEATURES = "streamrec.history/4"
 #: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
 PAD_INDEX = 0
+#: Milliseconds in a day: times reach the ranker in days since the epoch (item age).
+DAY_MS = 86_400_000
 #: Model ids of event types in ``event_types`` inputs (0 is padding).
 EVENT_TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
 
@@ -40,14 +49,23 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-#: Inputs and outputs a ``streamrec.history/3`` ranker must have. ``query_table`` holds the
+#: Inputs and outputs a ``streamrec.history/4`` ranker must have. ``query_table`` holds the
 #: query encoder outputs of a batch's distinct search queries (row 0 zeros); ``query_ids``
-#: names, for each search event in the history, its row (0 elsewhere).
+#: names, for each search event in the history, its row (0 elsewhere). ``extra_items`` are
+#: the vectors of items ``len(items) + 1`` onwards (items the model was not exported with;
+#: zero rows allowed); ``blocked_ids`` are indices no user's list may hold (at least one
+#: entry: 0, padding, when nothing is blocked); ``item_added`` says when each item (padding,
+#: trained, extra) was added and ``user_days`` when each user's list is made, in days since
+#: the epoch (the item-age terms); ``exclude_ids`` are per user.
 RANKER_INPUTS = (
     TensorSpec("item_ids", "int64", ("batch", "history")),
     TensorSpec("event_types", "int64", ("batch", "history")),
     TensorSpec("query_ids", "int64", ("batch", "history")),
     TensorSpec("query_table", "float32", ("queries", "query_dim")),
+    TensorSpec("extra_items", "float32", ("extra", "query_dim")),
+    TensorSpec("blocked_ids", "int64", ("blocked",)),
+    TensorSpec("item_added", "float32", ("items",)),
+    TensorSpec("user_days", "float32", ("batch",)),
     TensorSpec("exclude_ids", "int64", ("batch", "excluded")),
 )
 RANKER_OUTPUTS = (
@@ -70,7 +88,19 @@ TOKENIZER = "tokenizer"
 #: Unit item vectors ``[len(items) + 1, dim]`` (float32 ``.npy``, row 0 padding) that
 #: diversity re-ranking compares (:mod:`stream.diversity`).
 ITEM_VECTORS = "item_vectors"
-FILE_ROLES = (RANKER, RANKER_FP16, QUERY_ENCODER, QUERY_ENCODER_INT8, TOKENIZER, ITEM_VECTORS)
+#: The id part of each trained item's ranker vector ``[len(items) + 1, query_dim]`` (float32
+#: ``.npy``); row 0 is the id part of an item the model never saw. An item's ``extra_items``
+#: row is its id part plus the query encoder's vector of its text (the item tower).
+ITEM_ID_VECTORS = "item_id_vectors"
+FILE_ROLES = (
+    RANKER,
+    RANKER_FP16,
+    QUERY_ENCODER,
+    QUERY_ENCODER_INT8,
+    TOKENIZER,
+    ITEM_VECTORS,
+    ITEM_ID_VECTORS,
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,10 @@ class ModelManifest:
     query_max_tokens: int
     opset: int
     created_at: str
+    #: The text each trained item was trained with (``items[i]`` has ``item_texts[i]``).
+    item_texts: tuple[str, ...] = ()
+    #: When each trained item was added (first seen in the training log), epoch ms.
+    item_added_ms: tuple[int, ...] = ()
     format_version: int = FORMAT_VERSION
     features: str = FEATURES
     inputs: tuple[TensorSpec, ...] = RANKER_INPUTS
@@ -154,7 +188,9 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
         found = body.get("format_version") if isinstance(body, dict) else type(body).__name__
         msg = (
             f"{path}: format_version {found!r} is not supported (this streamrec reads "
-            f"{FORMAT_VERSION}); re-export the model with this version of model_export"
+            f"{FORMAT_VERSION}, whose ranker takes the live catalogue's items as inputs); "
+            "re-export the model with this version of model_export: `make model`, or "
+            f"python -m model_export export --checkpoint CHECKPOINT --out {model_dir}"
         )
         raise ModelLoadError(msg)
     try:
@@ -211,6 +247,8 @@ def _from_dict(body: dict[str, Any]) -> ModelManifest:
         query_max_tokens=int(body["query_max_tokens"]),
         opset=int(body["opset"]),
         created_at=str(body["created_at"]),
+        item_texts=tuple(str(t) for t in body["item_texts"]),
+        item_added_ms=tuple(int(t) for t in body["item_added_ms"]),
         format_version=int(body["format_version"]),
         features=str(body["features"]),
         inputs=specs["inputs"],
@@ -221,6 +259,9 @@ def _from_dict(body: dict[str, Any]) -> ModelManifest:
     )
     if not manifest.items or manifest.history_length < 1 or manifest.max_k < 1:
         msg = "items, history_length and max_k must be non-empty / positive"
+        raise ValueError(msg)
+    if not len(manifest.item_texts) == len(manifest.item_added_ms) == len(manifest.items):
+        msg = "item_texts and item_added_ms must give one entry per item"
         raise ValueError(msg)
     if RANKER not in files or set(files) - set(FILE_ROLES):
         msg = f"files must include {RANKER!r} and only roles {FILE_ROLES}"

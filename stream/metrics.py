@@ -23,6 +23,7 @@ BUCKETS: dict[str, tuple[float, ...]] = {
     "inference_ms": _MS,
     "batch_cut_to_publish_ms": _MS,
     "event_to_list_ms": _MS,
+    "catalogue_freshness_ms": _MS,
 }
 
 

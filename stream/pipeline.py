@@ -13,6 +13,10 @@ event's ack runs only after the list reflecting it was handed to the producer; F
 the producer before it commits offsets, so a crash never skips a list (at-least-once;
 duplicates carry the same ``trigger_event_id``). :attr:`ScoringPipeline.before_scoring`
 runs as each batch is cut (the per-event step writes the batch's contexts then).
+
+The pipeline keeps the live :class:`~stream.catalogue.Catalogue`; :meth:`ScoringPipeline.
+follow_catalogue` has the scorer build the new item set off the event loop after a change,
+and a reloaded model follows the catalogue before it takes over.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from mode import Service
 
 from stream.batcher import Batch, Batcher
+from stream.catalogue import Catalogue
 from stream.context import UserContext
 from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
@@ -74,11 +79,14 @@ class ScoringPipeline(Service):
         self._ready = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._refused: str | None = None  # a version that failed to load (logged once)
+        #: The live catalogue (the worker's follower, or a replay, applies changes to it).
+        self.catalogue = Catalogue()
+        self._following = asyncio.Lock()  # one item set build at a time, and none mid-swap
 
     async def on_start(self) -> None:
         """Load the model off the event loop, then start batching."""
         s = self.settings
-        load = functools.partial(Scorer.from_settings, s)
+        load = functools.partial(self._load_following, s, self.catalogue.copy())
         self.scorer = await asyncio.get_running_loop().run_in_executor(None, load)
         self.batcher = Batcher(
             self._score,
@@ -94,6 +102,31 @@ class ScoringPipeline(Service):
         if s.model_reload_s > 0:
             self._watcher = asyncio.create_task(self._watch_model(s.model_reload_s))
         self._ready.set()
+
+    @staticmethod
+    def _load_following(settings: Settings, catalogue: Catalogue) -> Scorer:
+        """A scorer for ``settings``, following ``catalogue`` (a copy; blocking)."""
+        scorer = Scorer.from_settings(settings)
+        if catalogue.records:
+            scorer.follow(catalogue)
+        return scorer
+
+    async def follow_catalogue(self) -> int:
+        """Have the scorer serve the catalogue as it is now; returns its extra items.
+
+        The item tower embeds new texts in a thread; scoring goes on meanwhile with the
+        previous item set.
+        """
+        scorer = await self.wait_ready()
+        async with self._following:
+            scorer = self.scorer or scorer
+            if scorer.items.catalogue_version == self.catalogue.version:
+                return scorer.items.num_extra
+            loop = asyncio.get_running_loop()
+            # a copy: the follower goes on applying changes while the thread builds
+            items = await loop.run_in_executor(None, scorer.follow, self.catalogue.copy())
+            self.metrics.inc("catalogue_item_sets")
+            return items.num_extra
 
     def _on_cut(self) -> None:
         if self.before_scoring is None:
@@ -132,9 +165,12 @@ class ScoringPipeline(Service):
         if manifest.model_version == current:
             return False
         try:
-            scorer = await loop.run_in_executor(
-                None, functools.partial(Scorer.from_settings, self.settings)
-            )
+            async with self._following:  # the new model takes over following the catalogue
+                scorer = await loop.run_in_executor(
+                    None,
+                    functools.partial(self._load_following, self.settings, self.catalogue.copy()),
+                )
+                self.scorer = scorer
         except ModelLoadError as exc:
             if self._refused != manifest.model_version:
                 self._refused = manifest.model_version
@@ -145,7 +181,6 @@ class ScoringPipeline(Service):
                     current,
                 )
             return False
-        self.scorer = scorer
         self.metrics.inc("model_reloads")
         log.info("now serving model %s (was %s)", scorer.model_version, current)
         return True

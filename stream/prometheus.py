@@ -40,6 +40,9 @@ HELP = {
     "users_failed": "Users of failed batches.",
     "model_reloads": "New model versions taken over without a restart.",
     "context_writes_failed": "Batches whose contexts could not be written to the table.",
+    "catalogue_records_in": "Valid records (and removals) read from the catalogue topic.",
+    "catalogue_invalid": "Catalogue records routed to the dead-letter topic.",
+    "catalogue_item_sets": "Item sets built after catalogue changes (new items scorable).",
 }
 
 
@@ -91,6 +94,15 @@ class WorkerCollector:
             ("table_users", "Users whose context this worker holds."),
         ):
             yield GaugeMetricFamily(f"{PREFIX}_{key}", help_text, value=float(stats[key]))
+        for key, help_text in (
+            ("items", "Items the catalogue topic holds (removed ones not counted)."),
+            ("available", "Catalogue items that may be recommended."),
+            ("extra_items", "Items scored beyond the model's trained ones (new or re-texted)."),
+            ("blocked_items", "Trained items no list may hold (unavailable, removed, re-texted)."),
+        ):
+            yield GaugeMetricFamily(
+                f"{PREFIX}_catalogue_{key}", help_text, value=float(stats["catalogue"][key])
+            )
         model = GaugeMetricFamily(
             f"{PREFIX}_model_info",
             "The model serving and where (value 1).",

@@ -1,4 +1,4 @@
-"""Wire contracts, defined once: the input event, the recommendation list, the dead letter.
+"""Wire contracts, defined once: the event, the catalogue record, the list, the dead letter.
 
 Each contract is versioned (``v``) and has a JSON Schema in ``stream/schemas/``, reproduced
 in docs/contracts.md. The worker validates events with :func:`parse_event` (hand-written
@@ -17,6 +17,7 @@ from stream.errors import InvalidEvent
 from stream.settings import Settings
 
 EVENT_VERSION = 1
+CATALOGUE_VERSION = 1
 RECOMMENDATION_VERSION = 1
 DEAD_LETTER_VERSION = 1
 
@@ -24,6 +25,9 @@ EVENT_TYPES = ("click", "search", "purchase")
 _EVENT_FIELDS = frozenset({"v", "event_id", "user_id", "type", "item_id", "query", "ts"})
 #: Upper bound on ``ts`` (2100-01-01 in epoch ms); anything later is a unit mistake.
 MAX_TS_MS = 4_102_444_800_000
+_CATALOGUE_FIELDS = frozenset({"v", "item_id", "text", "available", "ts", "added_ts"})
+#: Longest accepted catalogue text.
+MAX_TEXT_CHARS = 4096
 #: Bytes of an offending message kept in a dead letter.
 DEAD_LETTER_PAYLOAD_BYTES = 16_384
 
@@ -87,30 +91,13 @@ def parse_event(raw: bytes | None, key: bytes | None = None, limits: Limits = Li
     """
     if raw is None or len(raw) == 0:
         raise InvalidEvent("empty_message")
-    if len(raw) > limits.max_event_bytes:
-        raise InvalidEvent("too_large", f"{len(raw)} bytes > {limits.max_event_bytes}")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)[:200]) from None
-    if not isinstance(body, dict):
-        raise InvalidEvent("not_an_object", type(body).__name__)
-    extra = body.keys() - _EVENT_FIELDS
-    if extra:
-        raise InvalidEvent("unknown_field", ",".join(sorted(extra))[:200])
-    version = body.get("v", EVENT_VERSION)
-    if version != EVENT_VERSION or isinstance(version, bool):
-        raise InvalidEvent("unsupported_version", repr(version)[:50])
+    body = _object(raw, limits, _EVENT_FIELDS, EVENT_VERSION)
     event_id = _id(body, "event_id", limits.max_id_chars)
     user_id = _id(body, "user_id", limits.max_id_chars)
     kind = body.get("type")
     if kind not in EVENT_TYPES:
         raise InvalidEvent("bad_type", repr(kind)[:50])
-    ts = body.get("ts")
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        raise InvalidEvent("bad_ts", f"ts must be an integer (epoch ms), got {type(ts).__name__}")
-    if not 0 <= ts <= MAX_TS_MS:
-        raise InvalidEvent("bad_ts", f"ts {ts} outside 0..{MAX_TS_MS} (epoch ms)")
+    ts = _ts(body)
     # search needs a query, click and purchase an item; the other field is optional.
     query = _query(body, limits.max_query_chars) if kind == "search" or "query" in body else None
     item_id = (
@@ -119,6 +106,101 @@ def parse_event(raw: bytes | None, key: bytes | None = None, limits: Limits = Li
     if key is not None and key != user_id.encode():
         raise InvalidEvent("key_mismatch", "the message key must be the user_id")
     return Event(event_id=event_id, user_id=user_id, type=kind, ts=ts, item_id=item_id, query=query)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueRecord:
+    """One item of the live catalogue (contract ``catalogue`` v1)."""
+
+    item_id: str
+    text: str
+    ts: int
+    available: bool = True
+    added_ts: int | None = None
+
+    def to_json(self) -> bytes:
+        """Serialise in the wire contract (``added_ts`` omitted when absent)."""
+        body: dict[str, Any] = {
+            "v": CATALOGUE_VERSION,
+            "item_id": self.item_id,
+            "text": self.text,
+            "available": self.available,
+            "ts": self.ts,
+        }
+        if self.added_ts is not None:
+            body["added_ts"] = self.added_ts
+        return orjson.dumps(body)
+
+    def to_message(self) -> tuple[bytes, bytes]:
+        """``(key, value)`` as produced to the catalogue topic: keyed by the item id."""
+        return self.item_id.encode(), self.to_json()
+
+
+def parse_catalogue(
+    raw: bytes | None, key: bytes | None, limits: Limits = Limits()
+) -> CatalogueRecord | str:
+    """Validate one catalogue message; a removal (null value) returns the removed item's id.
+
+    Raises:
+        InvalidEvent: with a machine-readable ``reason``, as for events.
+    """
+    if raw is None:
+        if not key:
+            raise InvalidEvent("missing_key", "a removal (null value) needs the item id as key")
+        return _key_id(key, limits.max_id_chars)
+    body = _object(raw, limits, _CATALOGUE_FIELDS, CATALOGUE_VERSION)
+    item_id = _id(body, "item_id", limits.max_id_chars)
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
+        raise InvalidEvent("bad_text", f"text must be 1..{MAX_TEXT_CHARS} characters, not blank")
+    available = body.get("available", True)
+    if not isinstance(available, bool):
+        raise InvalidEvent("bad_available", "available must be true or false")
+    ts = _ts(body)
+    added_ts = _ts(body, "added_ts") if "added_ts" in body else None
+    if key is not None and key != item_id.encode():
+        raise InvalidEvent("key_mismatch", "the message key must be the item_id")
+    return CatalogueRecord(
+        item_id=item_id, text=text, ts=ts, available=available, added_ts=added_ts
+    )
+
+
+def _object(raw: bytes, limits: Limits, fields: frozenset[str], version: int) -> dict[str, Any]:
+    """The message as a JSON object of known ``fields`` and contract ``version`` (``v``)."""
+    if len(raw) > limits.max_event_bytes:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes > {limits.max_event_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)[:200]) from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("not_an_object", type(body).__name__)
+    extra = body.keys() - fields
+    if extra:
+        raise InvalidEvent("unknown_field", ",".join(sorted(extra))[:200])
+    found = body.get("v", version)
+    if found != version or isinstance(found, bool):
+        raise InvalidEvent("unsupported_version", repr(found)[:50])
+    return body
+
+
+def _key_id(key: bytes, max_chars: int) -> str:
+    try:
+        item_id = key.decode()
+    except UnicodeDecodeError:
+        raise InvalidEvent("bad_key", "the key must be the item id in UTF-8") from None
+    return _id({"item_id": item_id}, "item_id", max_chars)
+
+
+def _ts(body: dict[str, Any], name: str = "ts") -> int:
+    ts = body.get(name)
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise InvalidEvent(
+            f"bad_{name}", f"{name} must be an integer (epoch ms), got {type(ts).__name__}"
+        )
+    if not 0 <= ts <= MAX_TS_MS:
+        raise InvalidEvent(f"bad_{name}", f"{name} {ts} outside 0..{MAX_TS_MS} (epoch ms)")
+    return ts
 
 
 def _query(body: dict[str, Any], max_chars: int) -> str:

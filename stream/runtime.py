@@ -21,6 +21,7 @@ from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.types import TP, AgentT, EventT, TopicT
 
+from stream.catalogue_follower import CatalogueFollower
 from stream.errors import ConfigError
 from stream.metrics import Metrics, process_figures
 from stream.pipeline import ScoringPipeline
@@ -102,22 +103,33 @@ class ContextTable(faust.Table):
 class TopicOutputs:
     """Lists and dead letters to their Kafka topics (created with the worker's partitions).
 
+    :meth:`prepare` also creates the catalogue topic (compacted) if it is missing and
+    followed.
+
     A batch's lists go out with the changelog records of its contexts, one producer batch per
     topic partition; both are flushed before Faust commits the batch's offsets.
     """
 
     def __init__(
-        self, app: faust.App, recommendations: TopicT, dead_letters: TopicT, table: ContextTable
+        self,
+        app: faust.App,
+        recommendations: TopicT,
+        dead_letters: TopicT,
+        table: ContextTable,
+        catalogue: TopicT | None,
     ) -> None:
         self.app = app
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.table = table
+        self.catalogue = catalogue
 
     async def prepare(self) -> None:
-        """Declare both topics; learn the recommendation topic's partitions."""
+        """Declare the topics; learn the recommendation topic's partitions."""
         await self.recommendations.maybe_declare()
         await self.dead_letters.maybe_declare()
+        if self.catalogue is not None:
+            await self.catalogue.maybe_declare()
         await self._producer().await_topic(self.recommendations.get_topic_name())
 
     def _producer(self) -> Producer:
@@ -130,9 +142,7 @@ class TopicOutputs:
         topic = self.recommendations.get_topic_name()
         for user_id, value in lists:
             key = user_id.encode()
-            records.setdefault((topic, producer.partition_for(topic, key)), []).append(
-                (key, value)
-            )
+            records.setdefault((topic, producer.partition_for(topic, key)), []).append((key, value))
         await producer.send_batches(records, self.table.on_changelog_delivered)
 
     async def send_dead_letter(self, value: bytes) -> None:
@@ -164,16 +174,21 @@ class Runtime:
             self._topic(settings.recommendations_topic),
             self._topic(settings.dlq_topic),
             self.contexts,
+            self._topic(settings.catalogue_topic, compacting=True)
+            if settings.catalogue_topic
+            else None,
         )
         self.pipeline = ScoringPipeline(settings, self.metrics, self.outputs.publish_lists)
         app.service(self.pipeline)  # type: ignore[arg-type]  # Faust starts instances too
         self.step = EventStep(
             settings, self.metrics, self.contexts, self.pipeline, self.outputs.send_dead_letter
         )
+        self.catalogue = CatalogueFollower(settings, self.metrics, self.pipeline, self.step)
+        app.service(self.catalogue)  # type: ignore[arg-type]
         #: The scoring agent, once :func:`stream.agents.install` registered it.
         self.agent: AgentT | None = None
 
-    def _topic(self, name: str) -> TopicT:
+    def _topic(self, name: str, *, compacting: bool = False) -> TopicT:
         """A bytes-in, bytes-out topic; Faust creates it with our partition count if missing."""
         return self.app.topic(
             name,
@@ -181,6 +196,7 @@ class Runtime:
             value_serializer="raw",
             partitions=self.settings.topic_partitions,
             internal=True,
+            compacting=compacting,
         )
 
     def partitions_mismatch(self) -> ConfigError | None:
@@ -210,12 +226,26 @@ class Runtime:
         return consumer.lag(mine) if isinstance(consumer, Consumer) else 0
 
     def ready(self) -> bool:
-        """The model is loaded, this worker owns partitions and its context table is recovered."""
+        """Whether the worker serves: model, partitions, table recovered and catalogue read."""
         return (
             self.pipeline.scorer is not None
             and bool(self.app.assignor.assigned_actives())
             and self.table_recovered()
+            and self.catalogue.caught_up.is_set()
         )
+
+    def catalogue_stats(self) -> dict[str, Any]:
+        """Items the catalogue holds and what the current model scores of them."""
+        catalogue = self.pipeline.catalogue
+        scorer = self.pipeline.scorer
+        items = scorer.items if scorer else None
+        return {
+            "read": self.catalogue.caught_up.is_set(),
+            "items": len(catalogue),
+            "available": catalogue.available(),
+            "extra_items": items.num_extra if items else 0,
+            "blocked_items": len(items.blocked) - 1 if items else 0,
+        }
 
     def stats(self) -> dict[str, Any]:
         """The worker's figures: readiness, counters, summaries, model, providers, pending users.
@@ -234,6 +264,7 @@ class Runtime:
             "query_encoder": scorer.query_role if scorer else None,
             "pending_users": batcher.pending_users if batcher else 0,
             "table_users": len(self.contexts),
+            "catalogue": self.catalogue_stats(),
             "consumer_lag": self.consumer_lag(),
             "process": process_figures(),
         }

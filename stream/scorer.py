@@ -2,6 +2,9 @@
 
 No Faust here: the worker and the replay tool share this code. :meth:`Scorer.score` is
 blocking and thread-safe; the worker calls it from an executor, never on the event loop.
+The items scored are the scorer's current :class:`~stream.catalogue.ItemSet`:
+:meth:`Scorer.follow` builds a new one from the live catalogue (embedding new texts with the
+item tower) and swaps it in; each batch keeps the one it started with.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from stream.catalogue import Catalogue, ItemSet, build_item_set, days
 from stream.context import UserContext
-from stream.diversity import load_item_vectors, rerank
+from stream.diversity import load_item_vectors, rerank, unit_rows
 from stream.errors import ModelLoadError
 from stream.manifest import (
     EVENT_TYPE_IDS,
+    ITEM_ID_VECTORS,
     ITEM_VECTORS,
     PAD_INDEX,
     QUERY_ENCODER,
@@ -39,8 +45,12 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 #: The ranker's output names, in the order :meth:`Scorer.run` returns them.
 OUTPUT_NAMES = tuple(spec.name for spec in RANKER_OUTPUTS)
-#: Scores at or below this are masked items (purchased/seen/padding), never recommended.
+#: Scores at or below this are masked items (purchased/seen/blocked/padding), never listed.
 MASKED_SCORE = -1e4
+#: Texts embedded per item tower call when the catalogue changes.
+EMBED_BATCH = 256
+#: Ranker inputs copied to the device once per item set rather than per batch.
+DEVICE_RESIDENT = ("extra_items", "blocked_ids", "item_added")
 
 RankedList = list[tuple[str, float]]
 
@@ -130,8 +140,13 @@ class Scorer:
             self.item_vectors = load_item_vectors(
                 self._file(model_dir, ITEM_VECTORS), len(self.manifest.items)
             )
-        self._index = {item: i + 1 for i, item in enumerate(self.manifest.items)}
-        self._item_ids = ("",) + self.manifest.items
+        self.id_vectors = np.load(self._file(model_dir, ITEM_ID_VECTORS), allow_pickle=False)
+        #: The items scored now (swapped whole by :meth:`follow`).
+        self.items = ItemSet.trained(
+            self.manifest.items, self.manifest.item_added_ms, self.manifest.query_dim
+        )
+        self._unit_extra: tuple[ItemSet, np.ndarray] | None = None
+        self._on_device: tuple[list[np.ndarray], dict[str, Any]] | None = None
         self._history = self.manifest.history_length
         providers = choose_providers(provider)
         # The fp16 ranker where a GPU runs it, the fp32 one on CPU.
@@ -210,24 +225,54 @@ class Scorer:
         return self.manifest.model_version
 
     def item_index(self, item_id: str | None) -> int:
-        """Model index of an item id (0 for unknown or absent)."""
-        return self._index.get(item_id, PAD_INDEX) if item_id is not None else PAD_INDEX
+        """Model index of an item id now (0 for unknown or absent)."""
+        return self.items.item_index(item_id)
 
-    def encode(self, contexts: Sequence[UserContext]) -> dict[str, np.ndarray]:
-        """Build the ranker's input tensors for a batch of users."""
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The item tower's text part ``[len(texts), dim]`` (zeros for a model without text)."""
+        vectors = np.zeros((len(texts), self.manifest.query_dim), dtype=np.float32)
+        if self.queries is None:
+            return vectors
+        for start in range(0, len(texts), EMBED_BATCH):
+            chunk = texts[start : start + EMBED_BATCH]
+            vectors[start : start + len(chunk)] = self.queries.encode_uncached(chunk)
+        return vectors
+
+    def follow(self, catalogue: Catalogue) -> ItemSet:
+        """Score the items ``catalogue`` says exist from the next batch on (blocking).
+
+        New texts are embedded by the item tower in batches; texts embedded before are reused.
+        """
+        self.items = build_item_set(
+            self.manifest.items,
+            self.manifest.item_texts,
+            self.manifest.item_added_ms,
+            self.id_vectors,
+            catalogue,
+            self.embed_texts,
+            self.items,
+        )
+        return self.items
+
+    def encode(
+        self, contexts: Sequence[UserContext], items: ItemSet | None = None
+    ) -> dict[str, np.ndarray]:
+        """Build the ranker's input tensors for a batch of users over ``items`` (now's)."""
+        items = items or self.items
+        index = items.item_index
         batch, history = len(contexts), self._history
         item_ids = np.zeros((batch, history), dtype=np.int64)
         event_types = np.zeros((batch, history), dtype=np.int64)
         query_ids = np.zeros((batch, history), dtype=np.int64)
         searches: list[tuple[int, int, str]] = []
         exclude_ids = exclude_matrix(
-            [[self.item_index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts]
+            [[index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts]
         )
         for row, ctx in enumerate(contexts):
             recent = ctx.events[-history:]
             start = history - len(recent)  # left-padded: the newest event is last
             for col, ev in enumerate(recent, start):
-                item_ids[row, col] = self.item_index(ev.item_id)
+                item_ids[row, col] = index(ev.item_id)
                 event_types[row, col] = EVENT_TYPE_IDS[ev.type]
                 if ev.query:
                     searches.append((row, col, ev.query))
@@ -243,6 +288,10 @@ class Scorer:
             "event_types": event_types,
             "query_ids": query_ids,
             "query_table": query_table,
+            "extra_items": items.extra,
+            "blocked_ids": items.blocked,
+            "item_added": items.added_days,
+            "user_days": days([ctx.events[-1].ts if ctx.events else 0 for ctx in contexts]),
             "exclude_ids": exclude_ids,
         }
 
@@ -251,24 +300,43 @@ class Scorer:
 
         On CUDA the inputs and outputs go through an IO binding: one host-to-device copy
         per input, the outputs stay on the device until the top-k lists are copied back,
-        and ORT allocates no intermediate host buffers.
+        and ORT allocates no intermediate host buffers. The extra items, blocked ids and
+        items' added times are copied once per item set, not per batch.
         """
         if not self.io_binding:
             scores, indices = self.session.run(list(OUTPUT_NAMES), inputs)
             return scores, indices
         binding = self.session.io_binding()  # one per call: scoring threads run concurrently
+        for name, value in self._device_items(inputs).items():
+            binding.bind_ortvalue_input(name, value)
         for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            if name not in DEVICE_RESIDENT:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
         scores, indices = binding.copy_outputs_to_cpu()
         return scores, indices
 
-    def decode(self, scores: np.ndarray, indices: np.ndarray) -> list[RankedList]:
+    def _device_items(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Device copies of an item set's arrays, made once and kept while it is current."""
+        arrays = [inputs[name] for name in DEVICE_RESIDENT]
+        cached = self._on_device
+        if cached is None or any(a is not b for a, b in zip(cached[0], arrays, strict=True)):
+            values = {
+                name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self._device)
+                for name, a in zip(DEVICE_RESIDENT, arrays, strict=True)
+            }
+            cached = (arrays, values)
+            self._on_device = cached
+        return cached[1]
+
+    def decode(
+        self, scores: np.ndarray, indices: np.ndarray, items: ItemSet | None = None
+    ) -> list[RankedList]:
         """Turn the ranker's outputs into ``top_k`` (item_id, score) lists, masked items dropped."""
         lists = []
-        item_ids = self._item_ids
+        item_ids = (items or self.items).ids
         for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
             ranked = [
                 (item_ids[i], s)
@@ -282,10 +350,22 @@ class Scorer:
         """Rank items for each context (blocking; call from an executor in async code)."""
         if not contexts:
             return []
-        scores, indices = self.run(self.encode(contexts))
+        items = self.items  # the item set this batch is scored over, start to end
+        scores, indices = self.run(self.encode(contexts, items))
         if self.item_vectors is not None:
             valid = (scores > MASKED_SCORE) & (indices != PAD_INDEX)
             scores, indices = rerank(
-                scores, indices, valid, self.item_vectors, self.top_k, self.diversity
+                scores, indices, valid, self._diversity_vectors(items), self.top_k, self.diversity
             )
-        return self.decode(scores, indices)
+        return self.decode(scores, indices, items)
+
+    def _diversity_vectors(self, items: ItemSet) -> np.ndarray:
+        """Unit vectors of the trained items, then of ``items``' extra ones."""
+        assert self.item_vectors is not None
+        if not items.num_extra:
+            return self.item_vectors
+        cached = self._unit_extra
+        if cached is None or cached[0] is not items:
+            cached = (items, np.vstack([self.item_vectors, unit_rows(items.extra)]))
+            self._unit_extra = cached
+        return cached[1]

@@ -1,8 +1,9 @@
-"""Kafka client security: SSL and SASL settings turned into Faust credentials."""
+"""Kafka client security: SSL and SASL settings turned into Faust and aiokafka options."""
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import CredentialsT
@@ -43,3 +44,20 @@ def broker_credentials(settings: Settings) -> CredentialsT | None:
         mechanism=settings.sasl_mechanism,
         ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
     )
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers and security options for an aiokafka client of the worker's own."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password,
+        )
+    return options

@@ -98,7 +98,15 @@ class Settings(EnvSettings):
     recommendations_topic: str = setting(
         "recommendations", "Output topic of recommendation lists (key = user id)."
     )
-    dlq_topic: str = setting("events.dlq", "Dead-letter topic for events that break the contract.")
+    dlq_topic: str = setting(
+        "events.dlq", "Dead-letter topic for events and catalogue records that break the contract."
+    )
+    catalogue_topic: str = setting(
+        "catalogue",
+        "Catalogue topic (log-compacted, key = item id): every worker reads all of it and "
+        "serves new, changed and removed items without a restart; empty: not followed (the "
+        "model's trained items, as exported).",
+    )
     topic_partitions: int = setting(
         8, "Partitions of the topics streamrec creates; the ceiling on useful workers."
     )

@@ -132,10 +132,18 @@ class EventStep:
             )
 
     async def dead_letter(
-        self, raw: bytes | None, origin: Origin, reason: str, detail: str
+        self,
+        raw: bytes | None,
+        origin: Origin,
+        reason: str,
+        detail: str,
+        counter: str = "events_invalid",
     ) -> None:
-        """Count and publish a dead letter; log the first and every 1,000th per reason."""
-        self.metrics.inc("events_invalid")
+        """Count (under ``counter`` and the reason) and publish a dead letter.
+
+        Logs the first and every 1,000th per reason.
+        """
+        self.metrics.inc(counter)
         self.metrics.inc(f"dlq_reason.{reason}")
         count = self.metrics.counters[f"dlq_reason.{reason}"]
         if count == 1 or count % 1000 == 0:  # no payloads in logs, and no log floods

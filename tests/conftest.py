@@ -57,7 +57,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
         progress=False,
     )
     out = tmp_path_factory.mktemp("model")
-    export(trained, ids, out, {"dataset": "movielens-100k"})
+    export(trained, catalogue, out, {"dataset": "movielens-100k"})
     return out
 
 

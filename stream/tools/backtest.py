@@ -235,7 +235,7 @@ def compare(a: ScoredEvents, b: ScoredEvents) -> dict[str, dict[str, float]]:
     for metric in gains_a:
         diff = gains_b[metric] - gains_a[metric]
         mean = float(diff.mean()) if len(diff) else 0.0
-        half = Z_95 * _clustered_se(diff, users)
+        half = Z_95 * clustered_se(diff, users)
         out[metric] = {
             "a": float(gains_a[metric].mean()) if len(diff) else 0.0,
             "b": float(gains_b[metric].mean()) if len(diff) else 0.0,
@@ -247,7 +247,7 @@ def compare(a: ScoredEvents, b: ScoredEvents) -> dict[str, dict[str, float]]:
     return out
 
 
-def _clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:
+def clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:
     """Standard error of the mean of ``values``, robust to correlation within clusters."""
     n = len(values)
     if n < 2:

@@ -6,6 +6,9 @@ Phases, all on this machine and in this run, with the exported model of
 1. **Model only.** The ranker through ONNX Runtime on pre-encoded MovieLens contexts, at the
    worker's batch size (``STREAMREC_BATCH_MAX_USERS``) and one user at a time:
    ``model_only_users_per_s`` and ``batching_gain`` (batched ÷ one at a time).
+   ``catalogue_scaling``: the same at larger catalogues (``--catalogue-sizes``; the extra
+   items are synthetic, random vectors of the trained items' scale, labelled so), and
+   ``item_tower_items_per_s``: synthetic item texts embedded by the item tower.
 2. **Queries.** The query encoder on distinct MovieLens titles (batches of 64):
    ``query_encodings_per_s``; a Zipf-distributed stream of searches through the worker's
    query cache: ``query_cache_hit_rate``.
@@ -52,6 +55,7 @@ import numpy as np
 import orjson
 
 from model_export.data import DataSettings, movielens_events, movielens_items
+from stream.catalogue import ItemSet
 from stream.context import ContextLimits, UserContext
 from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
@@ -105,6 +109,43 @@ def model_only(scorer: Scorer, contexts: list[UserContext], batch: int, seconds:
         "model_only_users_per_s": batched_rate,
         "single_user_users_per_s": single_rate,
         "batching_gain": batched_rate / single_rate,
+    }
+
+
+def catalogue_scaling(
+    scorer: Scorer, contexts: list[UserContext], batch: int, seconds: float, sizes: Sequence[int]
+) -> dict:
+    """Model-only users/s as the catalogue grows; how fast the item tower embeds new items.
+
+    Items beyond the trained ones are synthetic: random vectors with the trained vectors'
+    spread, ids ``synthetic-<n>`` (scoring cost depends on their number, not their content).
+    """
+    trained = scorer.items
+    rng = np.random.default_rng(0)
+    spread = float(scorer.id_vectors.std()) or 0.1
+    rows = []
+    for size in sizes:
+        extra = max(0, size - len(scorer.manifest.items))
+        names = [f"synthetic-{n}" for n in range(extra)]
+        scorer.items = ItemSet(
+            ids=(*trained.ids, *names),
+            index={**trained.index, **{n: len(trained.ids) + i for i, n in enumerate(names)}},
+            extra=rng.normal(0, spread, (extra, trained.extra.shape[1])).astype(np.float32),
+            blocked=trained.blocked,
+            added_days=np.concatenate(
+                [trained.added_days, np.full(extra, trained.added_days.max(), np.float32)]
+            ),
+        )
+        inputs = scorer.encode(contexts[:batch])
+        rate = timed_rate(lambda inputs=inputs: scorer.run(inputs), batch, seconds)
+        rows.append({"items": len(scorer.items.ids) - 1, "model_only_users_per_s": rate})
+    scorer.items = trained
+    texts = [f"Synthetic item {n} ({1990 + n % 30}) | Drama, Comedy" for n in range(512)]
+    tower = timed_rate(lambda: scorer.embed_texts(texts), len(texts), seconds)
+    return {
+        "catalogue_scaling": rows,
+        "catalogue_scaling_items": "MovieLens' trained items, then synthetic random vectors",
+        "item_tower_items_per_s": tower,
     }
 
 
@@ -251,8 +292,12 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
     }
     contexts = movielens_contexts(settings, max(batch, 1))
     figures |= model_only(scorer, contexts, batch, args.model_seconds)
+    sizes = [int(n) for n in args.catalogue_sizes.split(",") if n]
+    figures |= catalogue_scaling(scorer, contexts, batch, args.model_seconds, sizes)
     titles = [item.title for item in movielens_items(datasets_dir)]
     figures |= query_figures(scorer, titles, args.model_seconds)
+    if args.model_only:
+        return figures
     del scorer  # its ONNX Runtime threads would share the cores with the workers
     events = interleaved(movielens_events(datasets_dir))
     work = Path(args.out) / "work"
@@ -307,6 +352,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--latency-window", type=float, default=20.0, help="latency phase, s (20)")
     parser.add_argument(
         "--model-seconds", type=float, default=5.0, help="per model-only figure (5)"
+    )
+    parser.add_argument(
+        "--catalogue-sizes",
+        default="0,10000,100000",
+        help="also measure model-only users/s with this many items (synthetic beyond the "
+        "trained ones; 0: the trained items alone; 0,10000,100000)",
+    )
+    parser.add_argument(
+        "--model-only", action="store_true", help="stop after the model-only and query phases"
     )
     parser.add_argument(
         "--backlog",

@@ -13,22 +13,38 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
+#: Configuration of the catalogue topic: a key's newest record is all a worker needs.
+COMPACTED = {"cleanup.policy": "compact"}
+
 
 def streamrec_topics(settings: Settings) -> list[str]:
     """The topics a worker with ``settings`` reads and writes."""
-    return [settings.events_topic, settings.recommendations_topic, settings.dlq_topic]
+    names = [settings.events_topic, settings.recommendations_topic, settings.dlq_topic]
+    return [*names, settings.catalogue_topic] if settings.catalogue_topic else names
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, replication: int = 1
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int = 1,
+    compacted: Iterable[str] = (),
 ) -> None:
-    """Create each topic that does not exist yet."""
+    """Create each topic that does not exist yet (those in ``compacted`` log-compacted)."""
+    compacted = set(compacted)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, partitions, replication) for name in names if name not in existing
+            NewTopic(
+                name,
+                partitions,
+                replication,
+                topic_configs=COMPACTED if name in compacted else None,
+            )
+            for name in names
+            if name not in existing
         ]
         if missing:
             try:

@@ -52,6 +52,7 @@ def fresh_settings(
         events_topic=f"{suffix}-events",
         recommendations_topic=f"{suffix}-recommendations",
         dlq_topic=f"{suffix}-dlq",
+        catalogue_topic=f"{suffix}-catalogue",
         data_dir=str(Path(work_dir, suffix).resolve()),
         web_port=free_ports(processes),
     )
@@ -252,7 +253,10 @@ def create_topics(settings: Settings) -> None:
     """Create the topics a worker with ``settings`` reads and writes, with its partitions."""
     asyncio.run(
         ensure_topics(
-            settings.bootstrap_servers, streamrec_topics(settings), settings.topic_partitions
+            settings.bootstrap_servers,
+            streamrec_topics(settings),
+            settings.topic_partitions,
+            compacted=[settings.catalogue_topic],
         )
     )
 

@@ -76,3 +76,18 @@ def test_catalogue_without_text_is_refused(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"item_id": "a"}\n')
     with pytest.raises(DataError, match="item_id and text"):
         read_catalogue(tmp_path / "c.jsonl")
+
+
+def test_the_catalogue_command_writes_records_of_the_contract_training_reads_back(
+    datasets_dir, tmp_path
+):
+    from model_export.cli import main
+    from model_export.data import movielens_catalogue, read_catalogue
+    from stream.records import parse_catalogue
+
+    out = tmp_path / "items.jsonl"
+    assert main(["--datasets-dir", str(datasets_dir), "catalogue", "--out", str(out)]) == 0
+    lines = out.read_bytes().splitlines()
+    records = [parse_catalogue(line, None) for line in lines]
+    assert len(records) == 1682 and all(r.available for r in records)
+    assert read_catalogue(out) == movielens_catalogue(datasets_dir)

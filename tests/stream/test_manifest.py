@@ -30,8 +30,15 @@ def test_a_written_directory_loads(tiny_model_dir):
         "event_types",
         "query_ids",
         "query_table",
+        "extra_items",
+        "blocked_ids",
+        "item_added",
+        "user_days",
         "exclude_ids",
     ]
+    assert len(manifest.item_texts) == len(manifest.items) == len(manifest.item_added_ms)
+    assert min(manifest.item_added_ms) >= 874_724_710_000  # MovieLens' first rating (ms)
+    assert manifest.item_texts[0].startswith("Toy Story (1995) | ")
     assert set(manifest.files) == {
         "ranker",
         "ranker_fp16",
@@ -39,8 +46,19 @@ def test_a_written_directory_loads(tiny_model_dir):
         "query_encoder_int8",
         "tokenizer",
         "item_vectors",
+        "item_id_vectors",
     }
     assert manifest.versions["torch"].startswith("2.13")
+
+
+def test_a_directory_from_before_the_live_catalogue_is_refused_saying_how_to_re_export(
+    model_copy,
+):
+    edit_manifest(model_copy, format_version=2, features="streamrec.history/3")
+    with pytest.raises(ModelLoadError, match="format_version 2 is not supported") as refused:
+        load_manifest(model_copy)
+    assert "live catalogue" in str(refused.value)
+    assert "python -m model_export export --checkpoint" in str(refused.value)
 
 
 def test_missing_directory_says_how_to_build_one(tmp_path):
@@ -57,6 +75,7 @@ def test_missing_directory_says_how_to_build_one(tmp_path):
         "query_encoder.int8.onnx",
         "tokenizer.json",
         "item_vectors.npy",
+        "item_id_vectors.npy",
     ],
 )
 def test_truncated_file_is_refused_naming_the_file(model_copy, name):

@@ -14,6 +14,7 @@ STATS = {
     "providers": ["CPUExecutionProvider"],
     "ranker": "ranker",
     "query_encoder": None,
+    "catalogue": {"read": True, "items": 5, "available": 4, "extra_items": 2, "blocked_items": 1},
 }
 
 
@@ -37,6 +38,7 @@ def test_counters_labels_histograms_and_gauges_render_in_prometheus_format():
         metrics.observe("inference_ms", ms)
     samples = render(metrics)
     assert samples[("streamrec_events_in_total", ())] == 5
+    assert samples[("streamrec_catalogue_extra_items", ())] == 2
     assert samples[("streamrec_dlq_reason_total", (("reason", "not_json"),))] == 2
     assert samples[("streamrec_dlq_reason_total", (("reason", "too_large"),))] == 1
     # milliseconds become seconds; buckets are cumulative; 70 s falls only in +Inf

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
-from stream.records import Event, Limits, Recommendation, dead_letter, parse_event
+from stream.records import (
+    CatalogueRecord,
+    Event,
+    Limits,
+    Recommendation,
+    dead_letter,
+    parse_catalogue,
+    parse_event,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "stream" / "schemas"
 EVENT_SCHEMA = json.loads((SCHEMAS / "event.v1.json").read_text())
@@ -152,3 +160,58 @@ def test_any_input_is_an_event_or_a_named_rejection(raw):
         return
     assert ev.user_id == "u" and ev.type in ("click", "search", "purchase")
     assert 0 <= ev.ts and len(ev.event_id) <= Limits().max_id_chars
+
+
+CATALOGUE_SCHEMA = json.loads((SCHEMAS / "catalogue.v1.json").read_text())
+ITEM = {
+    "v": 1,
+    "item_id": "1683",
+    "text": "Galactic Harvest (1998) | Sci-Fi",
+    "available": True,
+    "ts": 5,
+}
+
+
+def item(**changes):
+    out = {**ITEM, **changes}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+@pytest.mark.parametrize(
+    "payload", [item(), item(v=...), item(available=...), item(available=False)]
+)
+def test_valid_catalogue_records_parse_and_match_the_schema(payload):
+    jsonschema.validate(payload, CATALOGUE_SCHEMA)
+    record = parse_catalogue(orjson.dumps(payload), b"1683")
+    assert isinstance(record, CatalogueRecord) and record.item_id == "1683"
+    assert record.available is payload.get("available", True)
+    assert parse_catalogue(record.to_json(), b"1683") == record
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (item(text=...), "bad_text"),
+        (item(text="  "), "bad_text"),
+        (item(text="t" * 5000), "bad_text"),
+        (item(item_id=...), "missing_item_id"),
+        (item(available="yes"), "bad_available"),
+        (item(ts=...), "bad_ts"),
+        (item(v=2), "unsupported_version"),
+        (item(price=3), "unknown_field"),
+    ],
+)
+def test_invalid_catalogue_records_are_named_and_rejected_by_the_schema(payload, reason):
+    with pytest.raises(InvalidEvent) as caught:
+        parse_catalogue(orjson.dumps(payload), b"1683")
+    assert caught.value.reason == reason
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, CATALOGUE_SCHEMA)
+
+
+def test_a_null_value_removes_the_item_its_key_names():
+    assert parse_catalogue(None, b"1683") == "1683"
+    with pytest.raises(InvalidEvent, match="missing_key"):
+        parse_catalogue(None, None)
+    with pytest.raises(InvalidEvent, match="key_mismatch"):
+        parse_catalogue(orjson.dumps(ITEM), b"other")
