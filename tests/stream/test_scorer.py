@@ -8,11 +8,12 @@ import orjson
 import pytest
 
 from model_export.ranking import topk_overlap
+from stream.catalogue import Catalogue
 from stream.context import apply_event
 from stream.diversity import unit_rows
 from stream.errors import ModelLoadError
 from stream.manifest import MANIFEST_FILE, QUERY_ENCODER, QUERY_ENCODER_INT8
-from stream.records import Event
+from stream.records import CatalogueRecord, Event
 from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
 
 
@@ -210,3 +211,25 @@ def test_the_fp16_ranker_on_cuda_agrees_with_cpu(model_for_gpu):
     _, gpu_top = gpu.run(gpu.encode(contexts))
     overlap = topk_overlap(cpu_top[:, :10], gpu_top[:, :10])
     assert overlap >= 0.95, overlap
+
+
+def test_new_items_reach_diversity_re_ranking_and_io_binding(tiny_model_dir):
+    catalogue = Catalogue()
+    catalogue.apply(
+        [
+            CatalogueRecord(f"new-{n}", f"Galactic Harvest {n} (1998) | Sci-Fi", ts=1)
+            for n in range(3)
+        ]
+        + [CatalogueRecord(i, "gone", ts=1, available=False) for i in map(str, range(4, 1683))]
+    )
+    contexts = [context_of(click(1, "1"), search(2, "Galactic Harvest"))]
+    for scorer in (
+        Scorer(tiny_model_dir, provider="cpu", top_k=5, diversity=0.5),
+        Scorer(tiny_model_dir, provider="cpu", top_k=5, io_binding=True),
+    ):
+        items = scorer.follow(catalogue)
+        assert items.num_extra == 3 and len(items.blocked) == 1 + 1679
+        (ranked,) = scorer.score(contexts)
+        # items 1-3 and the three new ones are all that may be listed (purchases excluded)
+        assert {item for item, _ in ranked} <= {"1", "2", "3", "new-0", "new-1", "new-2"}
+        assert len(ranked) == 5
