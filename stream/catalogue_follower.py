@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 POLL_MS = 200
 #: How often the follower looks for the catalogue topic until it exists.
 TOPIC_POLL_S = 0.5
+#: Wait before trying again after the broker or a fetch failed.
+RETRY_S = 1.0
 
 
 class CatalogueFollower(Service):
@@ -79,9 +81,10 @@ class CatalogueFollower(Service):
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def _follow(self) -> None:
-        topic = self.settings.catalogue_topic
-        options = kafka_client_options(self.settings)
+    async def _open(
+        self, topic: str, options: dict[str, Any]
+    ) -> tuple[aiokafka.AIOKafkaConsumer, list[TopicPartition], dict[TopicPartition, int]]:
+        """A consumer at the start of every partition, and the end offsets found now."""
         consumer = self._consumer = aiokafka.AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
@@ -93,7 +96,23 @@ class CatalogueFollower(Service):
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         reported = await consumer.end_offsets(partitions)
-        ends = await verified_end_offsets(reported, **options)
+        return consumer, partitions, await verified_end_offsets(reported, **options)
+
+    async def _follow(self) -> None:
+        topic = self.settings.catalogue_topic
+        options = kafka_client_options(self.settings)
+        while True:  # a broker out of reach at start-up: the worker stays not ready, and says so
+            try:
+                consumer, partitions, ends = await self._open(topic, options)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot read catalogue topic %r yet (%s); retrying", topic, exc)
+                if self._consumer is not None:
+                    await self._consumer.stop()
+                    self._consumer = None
+                await asyncio.sleep(RETRY_S)
         log.info("reading catalogue topic %r (%d records)", topic, sum(ends.values()))
         while True:
             try:
@@ -103,7 +122,7 @@ class CatalogueFollower(Service):
                 raise
             except Exception:  # a surprise must not stop the catalogue for good
                 log.exception("following the catalogue topic failed; retrying")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(RETRY_S)
                 continue
             if not self.caught_up.is_set() and all(
                 await asyncio.gather(*(self._reached(consumer, tp, ends[tp]) for tp in partitions))
