@@ -67,7 +67,7 @@ def _configs(args: argparse.Namespace, num_items: int) -> tuple:
     model_config = RankerConfig(num_items=num_items, dim=args.dim, use_text=not args.no_text)
     train_config = TINY if args.tiny else TrainConfig()
     if args.tiny:
-        model_config = dataclasses.replace(model_config, dim=16, history_length=20, max_k=50)
+        model_config = model_config.tiny()
     changes = {"seed": args.seed, "exclude": args.exclude}
     if args.epochs:
         changes["epochs"] = args.epochs

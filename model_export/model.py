@@ -26,7 +26,7 @@ Design (docs/model.md):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -61,6 +61,10 @@ class RankerConfig:
     use_cooc: bool = True
     use_age: bool = True
     text_dim: int = TEXT_DIM
+
+    def tiny(self) -> RankerConfig:
+        """The small shape of tests and smoke runs (with :data:`model_export.train.TINY`)."""
+        return replace(self, dim=16, history_length=20, max_k=50)
 
 
 class Block(nn.Module):

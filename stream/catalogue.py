@@ -14,7 +14,7 @@ produces to the catalogue topic behaves as before it existed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,6 +98,20 @@ class ItemSet:
             extra=np.zeros((0, dim), dtype=np.float32),
             blocked=np.array([PAD_INDEX], dtype=np.int64),
             added_days=days([0, *added_ms]),
+        )
+
+    def extended(self, names: Sequence[str], vectors: np.ndarray) -> ItemSet:
+        """This set with more extra items (added with the newest; for measurements)."""
+        start = len(self.ids)
+        return replace(
+            self,
+            ids=(*self.ids, *names),
+            index={**self.index, **{name: start + i for i, name in enumerate(names)}},
+            extra=np.vstack([self.extra, vectors.astype(np.float32)]),
+            added_days=np.concatenate(
+                [self.added_days, np.full(len(names), self.added_days.max(), np.float32)]
+            ),
+            vectors={},
         )
 
     def item_index(self, item_id: str | None) -> int:

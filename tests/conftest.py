@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
     trained = train(
         split,
         [i.text for i in catalogue],
-        RankerConfig(num_items=len(ids), dim=16, history_length=20, max_k=50),
+        RankerConfig(num_items=len(ids)).tiny(),
         TINY,
         final_fit="all",
         progress=False,

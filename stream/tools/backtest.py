@@ -234,17 +234,23 @@ def compare(a: ScoredEvents, b: ScoredEvents) -> dict[str, dict[str, float]]:
     gains_b = gains(b.ranks[rows_b], HEADLINE_K)
     for metric in gains_a:
         diff = gains_b[metric] - gains_a[metric]
-        mean = float(diff.mean()) if len(diff) else 0.0
-        half = Z_95 * clustered_se(diff, users)
+        mean, low, high = mean_ci95(diff, users)
         out[metric] = {
             "a": float(gains_a[metric].mean()) if len(diff) else 0.0,
             "b": float(gains_b[metric].mean()) if len(diff) else 0.0,
             "diff": mean,
-            "ci95_low": mean - half,
-            "ci95_high": mean + half,
+            "ci95_low": low,
+            "ci95_high": high,
             "events": len(diff),
         }
     return out
+
+
+def mean_ci95(values: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95% confidence interval, clustered by ``clusters``."""
+    mean = float(values.mean()) if len(values) else 0.0
+    half = Z_95 * clustered_se(values, clusters)
+    return mean, mean - half, mean + half
 
 
 def clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:

@@ -55,7 +55,6 @@ import numpy as np
 import orjson
 
 from model_export.data import DataSettings, movielens_events, movielens_items
-from stream.catalogue import ItemSet
 from stream.context import ContextLimits, UserContext
 from stream.errors import ModelLoadError
 from stream.manifest import load_manifest
@@ -127,15 +126,8 @@ def catalogue_scaling(
     for size in sizes:
         extra = max(0, size - len(scorer.manifest.items))
         names = [f"synthetic-{n}" for n in range(extra)]
-        scorer.items = ItemSet(
-            ids=(*trained.ids, *names),
-            index={**trained.index, **{n: len(trained.ids) + i for i, n in enumerate(names)}},
-            extra=rng.normal(0, spread, (extra, trained.extra.shape[1])).astype(np.float32),
-            blocked=trained.blocked,
-            added_days=np.concatenate(
-                [trained.added_days, np.full(extra, trained.added_days.max(), np.float32)]
-            ),
-        )
+        vectors = rng.normal(0, spread, (extra, trained.extra.shape[1]))
+        scorer.items = trained.extended(names, vectors)
         inputs = scorer.encode(contexts[:batch])
         rate = timed_rate(lambda inputs=inputs: scorer.run(inputs), batch, seconds)
         rows.append({"items": len(scorer.items.ids) - 1, "model_only_users_per_s": rate})

@@ -40,21 +40,23 @@ import numpy as np
 import orjson
 
 from model_export import data
-from model_export.cooccurrence import CoocConfig, cooccurrence
+from model_export.baselines import ItemKNNConfig, itemknn_scores
+from model_export.cooccurrence import cooccurrence
 from model_export.ranking import gains
 from stream.catalogue import Catalogue
 from stream.context import UserContext, apply_event
 from stream.diversity import unit_rows
-from stream.manifest import MANIFEST_FILE, load_manifest
+from stream.manifest import DAY_MS, MANIFEST_FILE, load_manifest
 from stream.records import CatalogueRecord, Event
 from stream.scorer import Scorer
-from stream.tools.backtest import Z_95, clustered_se
+from stream.tools.backtest import mean_ci95
 
 K = 10
 BATCH = 512
 MODELS = ("model", "model_no_text")
 BASELINES = ("popular_recent", "itemknn", "text_frozen", "random")
 GROUPS = ("overall", "cold", "new_users", "returning_users")
+METRICS = (f"hr@{K}", f"ndcg@{K}")
 #: History kept per user, as the worker's default ``STREAMREC_CONTEXT_EVENTS``.
 CONTEXT_EVENTS = 50
 #: A ranker answers with the K best of its items; lists compare the first K.
@@ -99,7 +101,7 @@ def train_model(
     config = RankerConfig(num_items=len(catalogue), use_text=use_text)
     train_config = dataclasses.replace(TrainConfig(), exclude="seen")
     if tiny:
-        config = dataclasses.replace(config, dim=16, history_length=20, max_k=50)
+        config = config.tiny()
         train_config = dataclasses.replace(TINY, exclude="seen")
     split = build_split(past, [i.item_id for i in catalogue])
     trained = train(
@@ -113,7 +115,7 @@ class PopularRecent:
     """Most clicked items over a sliding window, updated from the stream as it goes."""
 
     def __init__(self, days: float) -> None:
-        self.window_ms = int(days * 86_400_000)
+        self.window_ms = int(days * DAY_MS)
         self.clicks: deque[tuple[int, str]] = deque()
         self.counts: Counter[str] = Counter()
 
@@ -134,25 +136,34 @@ class PopularRecent:
 
 
 class ItemKNN:
-    """Co-occurrence of the past's clicks: items that followed the user's recent items."""
+    """Co-occurrence of the past's clicks: items that followed the user's recent items.
+
+    The leave-one-out baseline's own statistic and scoring
+    (:func:`model_export.baselines.itemknn_scores`, default configuration).
+    """
 
     def __init__(self, past: Sequence[Event], items: Sequence[str]) -> None:
         from model_export.split import build_split
 
         split = build_split(past, items)
+        self.config = ItemKNNConfig()
         self.items = ("", *items)
         self.index = {item: i for i, item in enumerate(items, 1)}
-        self.counts = cooccurrence(split.train_interactions("all"), len(items), CoocConfig())
+        self.counts = cooccurrence(split.train_interactions("all"), len(items), self.config.cooc)
 
     def __call__(self, contexts: Sequence[UserContext], _: Sequence[Scored]) -> list[list[str]]:
         """Each user's top K, seen items excluded."""
+        histories = [
+            np.array(
+                [self.index.get(e.item_id or "", 0) for e in ctx.events if e.type == "click"],
+                dtype=np.int64,
+            )
+            for ctx in contexts
+        ]
         lists = []
-        for ctx in contexts:
-            weights = np.zeros(len(self.items), dtype=np.float32)
-            clicked = [self.index.get(e.item_id or "", 0) for e in ctx.events if e.type == "click"]
-            for age, i in enumerate(reversed(clicked[-30:])):
-                weights[i] += 0.7**age
-            scores = weights @ self.counts
+        for ctx, scores in zip(
+            contexts, itemknn_scores(self.counts, histories, self.config), strict=True
+        ):
             order = [self.items[i] for i in np.argsort(-scores)[: K + 200] if scores[i] > 0]
             lists.append(_top(order, _seen(ctx)))
         return lists
@@ -312,15 +323,12 @@ def replay_future(
     return out
 
 
-def _figures(ranks: np.ndarray, users: np.ndarray) -> dict[str, Any]:
-    out: dict[str, Any] = {"events": len(ranks)}
-    for metric, values in gains(ranks, K).items():
-        if metric not in (f"hr@{K}", f"ndcg@{K}"):
-            continue
-        mean = float(values.mean()) if len(values) else 0.0
-        half = Z_95 * clustered_se(values, users)
+def _figures(per_event: dict[str, np.ndarray], users: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {"events": len(users)}
+    for metric in METRICS:
+        mean, low, high = mean_ci95(per_event[metric], users)
         out[metric] = round(mean, 4)
-        out[f"{metric}_ci95"] = [round(mean - half, 4), round(mean + half, 4)]
+        out[f"{metric}_ci95"] = [round(low, 4), round(high, 4)]
     return out
 
 
@@ -330,33 +338,31 @@ def summarise(replay: Replay, cut_ts: int) -> dict[str, Any]:
     users = np.array([user_ids[s.event.user_id] for s in replay.scored], dtype=np.int64)
     masks = {
         "overall": np.ones(len(users), dtype=bool),
-        "cold": np.array([s.cold for s in replay.scored]),
-        "new_users": np.array([s.new_user for s in replay.scored]),
+        "cold": np.array([s.cold for s in replay.scored], dtype=bool),
+        "new_users": np.array([s.new_user for s in replay.scored], dtype=bool),
     }
     masks["returning_users"] = ~masks["new_users"]
+    # each scored event's HR@K and NDCG@K, per method, computed once
+    per_event = {name: gains(np.array(ranks), K) for name, ranks in replay.ranks.items()}
     summary: dict[str, Any] = {"cut_ts": cut_ts}
     differences: dict[str, Any] = {}
     for group, mask in masks.items():
         summary[group] = {
-            name: _figures(np.array(ranks)[mask], users[mask])
-            for name, ranks in replay.ranks.items()
+            name: _figures({m: v[mask] for m, v in values.items()}, users[mask])
+            for name, values in per_event.items()
         }
-        model = gains(np.array(replay.ranks["model"])[mask], K)
         differences[group] = {}
-        for name, ranks in replay.ranks.items():
+        model = per_event["model"]
+        for name, other in per_event.items():
             if name == "model":
                 continue
-            other = gains(np.array(ranks)[mask], K)
-            differences[group][name] = {}
-            for metric in (f"hr@{K}", f"ndcg@{K}"):
-                diff = model[metric] - other[metric]
-                mean = float(diff.mean()) if len(diff) else 0.0
-                half = Z_95 * clustered_se(diff, users[mask])
-                differences[group][name][metric] = [
-                    round(mean, 4),
-                    round(mean - half, 4),
-                    round(mean + half, 4),
+            differences[group][name] = {
+                metric: [
+                    round(x, 4)
+                    for x in mean_ci95((model[metric] - other[metric])[mask], users[mask])
                 ]
+                for metric in METRICS
+            }
     fresh = np.array(replay.freshness_ms or [0.0])
     summary["freshness_ms"] = {
         "p50": round(float(np.percentile(fresh, 50)), 2),

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import orjson
 
-from stream.catalogue import ItemSet
 from stream.context import UserContext, apply_event
 from stream.records import Event
 from stream.scorer import Scorer
@@ -54,17 +53,8 @@ def main(model_dir: str, out: str) -> None:
     for size in SIZES:
         extra = max(0, size - len(trained.ids) + 1)
         names = [f"synthetic-{n}" for n in range(extra)]
-        gpu.items = ItemSet(
-            ids=(*trained.ids, *names),
-            index={**trained.index, **{n: len(trained.ids) + i for i, n in enumerate(names)}},
-            extra=np.random.default_rng(1)
-            .normal(0, 0.1, (extra, trained.extra.shape[1]))
-            .astype(np.float32),
-            blocked=trained.blocked,
-            added_days=np.concatenate(
-                [trained.added_days, np.full(extra, trained.added_days.max(), np.float32)]
-            ),
-        )
+        vectors = np.random.default_rng(1).normal(0, 0.1, (extra, trained.extra.shape[1]))
+        gpu.items = trained.extended(names, vectors)
         for batch in (128, 512):
             rows.append(
                 {
