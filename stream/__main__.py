@@ -26,6 +26,7 @@ TOOLS: dict[str, tuple[str, str | None]] = {
     "replay": ("stream.tools.replay", "export"),
     "backtest": ("stream.tools.temporal", "export"),
     "bench": ("stream.tools.bench", "export"),
+    "experiment": ("stream.tools.experiment", "export"),
 }
 #: ``STREAMREC_LOG_LEVEL`` as Faust's ``--loglevel``.
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}

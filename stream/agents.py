@@ -21,11 +21,12 @@ from faust import Stream
 from faust.types import StreamT
 
 from stream import views
-from stream.errors import ModelLoadError
+from stream.errors import ConfigError, ModelLoadError
+from stream.experiment import load_experiment
 from stream.manifest import load_manifest
 from stream.runtime import Outputs, Runtime
 from stream.settings import Settings
-from stream.step import Origin
+from stream.store import Origin
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
     from stream.app import App
@@ -45,8 +46,8 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     def _check(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Refuse to start on a model or a web port that cannot be served, saying why."""
         logging.getLogger("stream").setLevel(settings.log_level.upper())
-        version = check_can_serve(settings)
-        log.info("serving model %s from %s", version, settings.model_dir)
+        for where, version in check_can_serve(settings).items():
+            log.info("serving model %s from %s", version, where)
 
     @app.agent(runtime.events_topic, name="score-events")
     async def score_events(stream: StreamT) -> None:
@@ -82,20 +83,35 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     return runtime
 
 
-def check_can_serve(settings: Settings) -> str:
-    """The model version a worker with ``settings`` would serve; else exit with one line.
+def check_can_serve(settings: Settings) -> dict[str, str]:
+    """The model version(s) a worker with ``settings`` would serve, by directory (and arm).
 
     Raises:
-        SystemExit: the model directory cannot be served, or the web port is taken.
+        SystemExit: the experiment file is malformed, a model directory cannot be served,
+            or the web port is taken; the one line says which and why.
     """
     try:
-        manifest = load_manifest(settings.model_dir)
-    except ModelLoadError as exc:
+        if not settings.experiment:
+            served = {settings.model_dir: load_manifest(settings.model_dir).model_version}
+        else:
+            experiment = load_experiment(settings.experiment)
+            served = {}
+            for arm in experiment.arms:
+                try:
+                    manifest = load_manifest(arm.model_dir)
+                except ModelLoadError as exc:
+                    msg = (
+                        f"experiment {experiment.name!r}, arm {arm.name!r}: its model_dir "
+                        f"{arm.model_dir} cannot be served: {exc}"
+                    )
+                    raise ModelLoadError(msg) from None
+                served[f"{arm.model_dir} (arm {arm.name})"] = manifest.model_version
+    except (ModelLoadError, ConfigError) as exc:
         msg = f"streamrec: cannot start the worker: {exc}"
         raise SystemExit(msg) from None
     if settings.web_enabled:
         _check_web_port(settings.web_host, settings.web_port)
-    return manifest.model_version
+    return served
 
 
 def _check_web_port(host: str, port: int) -> None:

@@ -28,18 +28,23 @@ from stream.records import Event
 
 log = logging.getLogger(__name__)
 
-#: Scores a batch's contexts; whatever it returns is handed to the publish function.
-ScoreFn = Callable[[Sequence[UserContext]], Any]
+#: Scores a batch's users; whatever it returns is handed to the publish function.
+ScoreFn = Callable[[Sequence["PendingUser"]], Any]
 
 
 @dataclass
 class PendingUser:
-    """A user waiting to be scored, with every event folded into this score."""
+    """A user waiting to be scored, with every event folded into this score.
+
+    ``origin`` is where the newest of them was read (the worker stores the user's list from
+    that message's partition).
+    """
 
     user_id: str
     context: UserContext
     trigger: Event
     tokens: list[Any] = field(default_factory=list)
+    origin: Any = None
 
 
 @dataclass
@@ -114,16 +119,18 @@ class Batcher:
         """Users waiting for the next batch."""
         return len(self._pending)
 
-    async def add(self, user_id: str, context: UserContext, trigger: Event, token: Any) -> None:
+    async def add(
+        self, user_id: str, context: UserContext, trigger: Event, token: Any, origin: Any = None
+    ) -> None:
         """Queue ``user_id`` for scoring with its newest context; may wait (backpressure)."""
         entry = self._pending.get(user_id)
         if entry is None:
             if not self._pending:
                 self._deadline = time.monotonic() + self.max_wait_s
                 self._wakeup.set()
-            entry = self._pending[user_id] = PendingUser(user_id, context, trigger)
+            entry = self._pending[user_id] = PendingUser(user_id, context, trigger, origin=origin)
         else:
-            entry.context, entry.trigger = context, trigger
+            entry.context, entry.trigger, entry.origin = context, trigger, origin
             self.metrics.inc("events_coalesced")
         entry.tokens.append(token)
         self._pending_events += 1
@@ -144,8 +151,7 @@ class Batcher:
             batch = Batch(users=users, cut_at=time.monotonic())
             await self._slots.acquire()  # blocks the caller while max_inflight are busy
             loop = asyncio.get_running_loop()
-            contexts = [u.context for u in users]
-            batch.future = loop.run_in_executor(self._executor, self._timed_score, batch, contexts)
+            batch.future = loop.run_in_executor(self._executor, self._timed_score, batch)
             self._queue.put_nowait(batch)
             self.metrics.observe("batch_users", len(users))
 
@@ -154,10 +160,10 @@ class Batcher:
         await self.flush()
         await self._queue.join()
 
-    def _timed_score(self, batch: Batch, contexts: list[UserContext]) -> Any:
+    def _timed_score(self, batch: Batch) -> Any:
         started = time.perf_counter()
         try:
-            return self._score(contexts)
+            return self._score(batch.users)
         finally:
             batch.inference_s = time.perf_counter() - started
 

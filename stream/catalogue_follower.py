@@ -31,7 +31,8 @@ from stream.pipeline import ScoringPipeline, now_ms
 from stream.records import CatalogueRecord, Limits, parse_catalogue
 from stream.security import kafka_client_options
 from stream.settings import Settings
-from stream.step import EventStep, Origin
+from stream.step import EventStep
+from stream.store import Origin
 from stream.transport import verified_end_offsets
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,12 @@ the producer before it commits offsets, so a crash never skips a list (at-least-
 duplicates carry the same ``trigger_event_id``). :attr:`ScoringPipeline.before_scoring`
 runs as each batch is cut (the per-event step writes the batch's contexts then).
 
+With an experiment (``STREAMREC_EXPERIMENT``, :mod:`stream.experiment`) the pipeline serves
+one model per arm: each is loaded, verified, hot-reloaded and follows the catalogue like the
+single model; a batch is scored per arm and each list names its arm. Each published list is
+also written to :attr:`ScoringPipeline.latest_lists` (the lookup by user, and attribution's
+"latest list", :mod:`stream.attribution`).
+
 The pipeline keeps the live :class:`~stream.catalogue.Catalogue`; :meth:`ScoringPipeline.
 follow_catalogue` has the scorer build the new item set off the event loop after a change,
 and a reloaded model follows the catalogue before it takes over.
@@ -32,15 +38,18 @@ from typing import Any
 
 from mode import Service
 
-from stream.batcher import Batch, Batcher
+from stream.attribution import Attribution
+from stream.batcher import Batch, Batcher, PendingUser
 from stream.catalogue import Catalogue
 from stream.context import UserContext
 from stream.errors import ModelLoadError
+from stream.experiment import Experiment, load_experiment
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.records import Event, Recommendation
 from stream.scorer import RankedList, Scorer
 from stream.settings import Settings
+from stream.store import MemoryStore, Origin, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +65,70 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """A batch's lists and the version of the model that scored them."""
+    """A batch's lists, each with the version of the model and the arm that scored it."""
 
-    model_version: str
     lists: list[RankedList]
+    model_versions: list[str]
+    arms: list[str | None]
+
+
+@dataclass
+class ServedModel:
+    """One model the pipeline serves: the only one, or an experiment arm's."""
+
+    arm: str | None  # None outside an experiment
+    model_dir: str
+    scorer: Scorer | None = None
+    refused: str | None = None  # a version that failed to load (logged once)
 
 
 class ScoringPipeline(Service):
     """Batch-scores users and publishes one list per scored user."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, publish_lists: PublishFn, **kwargs: Any
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        publish_lists: PublishFn,
+        latest_lists: Store | None = None,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
         self._publish_lists = publish_lists
+        #: Each user's newest published list (as on the wire), written as it is published.
+        self.latest_lists: Store = MemoryStore() if latest_lists is None else latest_lists
+        self.attribution = Attribution(metrics, settings.attribution_window_s)
         #: Runs as each batch is cut, before it is scored.
         self.before_scoring: Callable[[], None] | None = None
-        self.scorer: Scorer | None = None
+        #: The experiment (read at start), or ``None``: then one model serves everyone.
+        self.experiment: Experiment | None = None
+        self.models: list[ServedModel] = [ServedModel(None, settings.model_dir)]
         self.batcher: Batcher | None = None
         self._ready = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
-        self._refused: str | None = None  # a version that failed to load (logged once)
         #: The live catalogue (the worker's follower, or a replay, applies changes to it).
         self.catalogue = Catalogue()
         self._following = asyncio.Lock()  # one item set build at a time, and none mid-swap
 
+    @property
+    def scorer(self) -> Scorer | None:
+        """The first model's scorer (the only one outside an experiment), once loaded."""
+        return self.models[0].scorer
+
     async def on_start(self) -> None:
-        """Load the model off the event loop, then start batching."""
+        """Load the model(s) off the event loop, then start batching."""
         s = self.settings
-        load = functools.partial(self._load_following, s, self.catalogue.copy())
-        self.scorer = await asyncio.get_running_loop().run_in_executor(None, load)
+        if s.experiment:
+            self.experiment = load_experiment(s.experiment)
+            self.models = [ServedModel(a.name, a.model_dir) for a in self.experiment.arms]
+        loop = asyncio.get_running_loop()
+        for model in self.models:
+            load = functools.partial(
+                self._load_following, s, model.model_dir, self.catalogue.copy()
+            )
+            model.scorer = await loop.run_in_executor(None, load)
         self.batcher = Batcher(
             self._score,
             self._publish,
@@ -104,9 +145,9 @@ class ScoringPipeline(Service):
         self._ready.set()
 
     @staticmethod
-    def _load_following(settings: Settings, catalogue: Catalogue) -> Scorer:
-        """A scorer for ``settings``, following ``catalogue`` (a copy; blocking)."""
-        scorer = Scorer.from_settings(settings)
+    def _load_following(settings: Settings, model_dir: str, catalogue: Catalogue) -> Scorer:
+        """A scorer for ``model_dir``, following ``catalogue`` (a copy; blocking)."""
+        scorer = Scorer.from_settings(settings.with_overrides(model_dir=model_dir))
         if catalogue.records:
             scorer.follow(catalogue)
         return scorer
@@ -117,16 +158,21 @@ class ScoringPipeline(Service):
         The item tower embeds new texts in a thread; scoring goes on meanwhile with the
         previous item set.
         """
-        scorer = await self.wait_ready()
+        await self.wait_ready()
         async with self._following:
-            scorer = self.scorer or scorer
-            if scorer.items.catalogue_version == self.catalogue.version:
-                return scorer.items.num_extra
-            loop = asyncio.get_running_loop()
-            # a copy: the follower goes on applying changes while the thread builds
-            items = await loop.run_in_executor(None, scorer.follow, self.catalogue.copy())
-            self.metrics.inc("catalogue_item_sets")
-            return items.num_extra
+            extra = 0
+            for model in self.models:
+                scorer = model.scorer
+                assert scorer is not None
+                if scorer.items.catalogue_version == self.catalogue.version:
+                    extra = scorer.items.num_extra
+                    continue
+                loop = asyncio.get_running_loop()
+                # a copy: the follower goes on applying changes while the thread builds
+                items = await loop.run_in_executor(None, scorer.follow, self.catalogue.copy())
+                self.metrics.inc("catalogue_item_sets")
+                extra = items.num_extra
+            return extra
 
     def _on_cut(self) -> None:
         if self.before_scoring is None:
@@ -137,10 +183,28 @@ class ScoringPipeline(Service):
             log.exception("writing the contexts of a batch failed")
             self.metrics.inc("context_writes_failed")
 
-    def _score(self, contexts: Sequence[UserContext]) -> ScoredBatch:
-        scorer = self.scorer  # the model in force when this batch is scored
-        assert scorer is not None
-        return ScoredBatch(scorer.model_version, scorer.score(contexts))
+    def _score(self, users: Sequence[PendingUser]) -> ScoredBatch:
+        if self.experiment is None:
+            scorer = self.scorer  # the model in force when this batch is scored
+            assert scorer is not None
+            only = scorer.score([u.context for u in users])
+            return ScoredBatch(only, [scorer.model_version] * len(users), [None] * len(users))
+        by_arm: dict[str, list[int]] = {}
+        for row, user in enumerate(users):
+            by_arm.setdefault(self.experiment.assign(user.user_id).name, []).append(row)
+        lists: list[RankedList] = [[] for _ in users]
+        versions = [""] * len(users)
+        arms: list[str | None] = [None] * len(users)
+        for model in self.models:
+            rows = by_arm.get(model.arm or "")
+            if not rows:
+                continue
+            scorer = model.scorer
+            assert scorer is not None
+            ranked_lists = scorer.score([users[r].context for r in rows])
+            for row, ranked in zip(rows, ranked_lists, strict=True):
+                lists[row], versions[row], arms[row] = ranked, scorer.model_version, model.arm
+        return ScoredBatch(lists, versions, arms)
 
     async def _watch_model(self, interval: float) -> None:
         while True:
@@ -151,38 +215,49 @@ class ScoringPipeline(Service):
                 log.exception("checking %s for a new model failed", self.settings.model_dir)
 
     async def reload_if_changed(self) -> bool:
-        """Switch to the model directory's model if its version changed; True if it did."""
-        assert self.scorer is not None
+        """Switch each model (arm) whose directory's version changed; True if one did."""
+        changed = False
+        for model in self.models:
+            changed = await self._reload_model(model) or changed
+        return changed
+
+    async def _reload_model(self, model: ServedModel) -> bool:
+        assert model.scorer is not None
         loop = asyncio.get_running_loop()
-        model_dir = self.settings.model_dir
         try:
             manifest = await loop.run_in_executor(
-                None, functools.partial(load_manifest, model_dir, verify_hash=False)
+                None, functools.partial(load_manifest, model.model_dir, verify_hash=False)
             )
         except ModelLoadError:
             return False  # no complete manifest (an export is writing): look again later
-        current = self.scorer.model_version
+        current = model.scorer.model_version
         if manifest.model_version == current:
             return False
+        where = f" for arm {model.arm}" if model.arm else ""
         try:
             async with self._following:  # the new model takes over following the catalogue
-                scorer = await loop.run_in_executor(
+                model.scorer = await loop.run_in_executor(
                     None,
-                    functools.partial(self._load_following, self.settings, self.catalogue.copy()),
+                    functools.partial(
+                        self._load_following,
+                        self.settings,
+                        model.model_dir,
+                        self.catalogue.copy(),
+                    ),
                 )
-                self.scorer = scorer
         except ModelLoadError as exc:
-            if self._refused != manifest.model_version:
-                self._refused = manifest.model_version
+            if model.refused != manifest.model_version:
+                model.refused = manifest.model_version
                 log.warning(
-                    "model %s cannot be served yet (%s); still serving %s",
+                    "model %s cannot be served yet%s (%s); still serving %s",
                     manifest.model_version,
+                    where,
                     exc,
                     current,
                 )
             return False
         self.metrics.inc("model_reloads")
-        log.info("now serving model %s (was %s)", scorer.model_version, current)
+        log.info("now serving model %s%s (was %s)", model.scorer.model_version, where, current)
         return True
 
     async def on_stop(self) -> None:
@@ -203,10 +278,27 @@ class ScoringPipeline(Service):
         assert self.scorer is not None
         return self.scorer
 
-    async def submit(self, user_id: str, context: UserContext, trigger: Event, ack: AckFn) -> None:
-        """Queue a user for scoring; ``ack`` runs once its list is published."""
+    async def submit(
+        self,
+        user_id: str,
+        context: UserContext,
+        trigger: Event,
+        ack: AckFn,
+        origin: Origin | None = None,
+    ) -> None:
+        """Queue a user for scoring; ``ack`` runs once its list is published.
+
+        ``origin``: the message of ``trigger`` (the user's list is stored from its partition).
+        """
         assert self.batcher is not None, "submit() before the pipeline started"
-        await self.batcher.add(user_id, context, trigger, ack)
+        await self.batcher.add(user_id, context, trigger, ack, origin)
+
+    def _write_latest(self, latest: list[tuple[str, bytes, Any]]) -> None:
+        try:
+            self.latest_lists.write(latest)
+        except Exception:  # the lists still go out; the lookup serves the previous ones
+            log.exception("writing the latest lists of a batch failed")
+            self.metrics.inc("latest_list_writes_failed")
 
     async def _publish(self, batch: Batch, outcome: ScoredBatch | BaseException) -> None:
         if isinstance(outcome, BaseException):
@@ -223,9 +315,12 @@ class ScoringPipeline(Service):
             await self._publish_lists([])
         else:
             generated = now_ms()
-            version = outcome.model_version
-            lists = []
-            for user, ranked in zip(batch.users, outcome.lists, strict=True):
+            experiment = self.experiment.name if self.experiment else None
+            lists, latest = [], []
+            scored = zip(
+                batch.users, outcome.lists, outcome.model_versions, outcome.arms, strict=True
+            )
+            for user, ranked, version, arm in scored:
                 rec = Recommendation(
                     user_id=user.user_id,
                     items=ranked,
@@ -233,10 +328,17 @@ class ScoringPipeline(Service):
                     trigger_event_id=user.trigger.event_id,
                     event_ts=user.trigger.ts,
                     generated_ts=generated,
+                    experiment=experiment,
+                    arm=arm,
                 )
-                lists.append((user.user_id, rec.to_json()))
+                value = rec.to_json()
+                lists.append((user.user_id, value))
+                latest.append((user.user_id, value, user.origin))
+                first = self.latest_lists.get(user.user_id) is None
+                self.attribution.published(rec, first)
                 # from the producer's stamp on the event; clocks of other hosts may skew it
                 self.metrics.observe("event_to_list_ms", max(0, generated - user.trigger.ts))
+            self._write_latest(latest)
             await self._publish_lists(lists)
             self.metrics.inc("lists_out", len(batch.users))
             self.metrics.observe("batch_cut_to_publish_ms", (time.monotonic() - batch.cut_at) * 1e3)

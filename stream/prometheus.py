@@ -26,7 +26,14 @@ from stream.metrics import Metrics, Summary
 
 PREFIX = "streamrec"
 #: Counters whose name is ``<family>.<label value>``: the family's label.
-LABELLED = {"dlq_reason": "reason", "events_type": "type"}
+LABELLED = {
+    "dlq_reason": "reason",
+    "events_type": "type",
+    "arm_lists": "arm",
+    "arm_users": "arm",
+    "arm_clicks": "arm",
+    "arm_purchases": "arm",
+}
 #: What each counter counts (the HELP line); others are documented by their name.
 HELP = {
     "events_in": "Messages read from the events topic.",
@@ -43,6 +50,11 @@ HELP = {
     "catalogue_records_in": "Valid records (and removals) read from the catalogue topic.",
     "catalogue_invalid": "Catalogue records routed to the dead-letter topic.",
     "catalogue_item_sets": "Item sets built after catalogue changes (new items scorable).",
+    "latest_list_writes_failed": "Batches whose lists could not be stored for the lookup.",
+    "arm_lists": "Lists published, by experiment arm (none: no experiment).",
+    "arm_users": "Users given their first list by this worker, by arm.",
+    "arm_clicks": "Clicks on an item of the user's latest list within the window, by arm.",
+    "arm_purchases": "Purchases of an item of the user's latest list within the window, by arm.",
 }
 
 

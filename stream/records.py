@@ -19,6 +19,8 @@ from stream.settings import Settings
 EVENT_VERSION = 1
 CATALOGUE_VERSION = 1
 RECOMMENDATION_VERSION = 1
+#: A list scored inside an experiment: version 1 plus ``experiment`` and ``arm``.
+EXPERIMENT_RECOMMENDATION_VERSION = 2
 DEAD_LETTER_VERSION = 1
 
 EVENT_TYPES = ("click", "search", "purchase")
@@ -229,7 +231,11 @@ def _id(body: dict[str, Any], name: str, max_chars: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """One refreshed top-K list for one user (contract ``recommendation`` v1)."""
+    """One refreshed top-K list for one user (contract ``recommendation`` v1, or v2).
+
+    A list scored inside an experiment names it and its arm and is version 2; every other
+    list is version 1, exactly as before experiments existed.
+    """
 
     user_id: str
     items: list[tuple[str, float]]
@@ -237,24 +243,29 @@ class Recommendation:
     trigger_event_id: str
     event_ts: int
     generated_ts: int
+    experiment: str | None = None
+    arm: str | None = None
 
     def to_json(self) -> bytes:
         """Serialise in the wire contract."""
-        return orjson.dumps(
-            {
-                "v": RECOMMENDATION_VERSION,
-                "user_id": self.user_id,
-                "items": [{"item_id": i, "score": round(s, 6)} for i, s in self.items],
-                "model_version": self.model_version,
-                "trigger_event_id": self.trigger_event_id,
-                "event_ts": self.event_ts,
-                "generated_ts": self.generated_ts,
-            }
-        )
+        body: dict[str, Any] = {
+            "v": RECOMMENDATION_VERSION,
+            "user_id": self.user_id,
+            "items": [{"item_id": i, "score": round(s, 6)} for i, s in self.items],
+            "model_version": self.model_version,
+            "trigger_event_id": self.trigger_event_id,
+            "event_ts": self.event_ts,
+            "generated_ts": self.generated_ts,
+        }
+        if self.experiment is not None:
+            body["v"] = EXPERIMENT_RECOMMENDATION_VERSION
+            body["experiment"] = self.experiment
+            body["arm"] = self.arm
+        return orjson.dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Recommendation:
-        """Parse a list read back from the output topic (for clients and tests)."""
+        """Parse a list read back from the output topic (either version)."""
         body = orjson.loads(raw)
         return cls(
             user_id=body["user_id"],
@@ -263,6 +274,8 @@ class Recommendation:
             trigger_event_id=body["trigger_event_id"],
             event_ts=body["event_ts"],
             generated_ts=body["generated_ts"],
+            experiment=body.get("experiment"),
+            arm=body.get("arm"),
         )
 
 

@@ -1,7 +1,7 @@
 """The worker's parts, built once per App, and what they say about the worker.
 
-Topics, the context table, metrics, the scoring pipeline and the per-event step; readiness,
-consumer lag and the stats the web views serve.
+Topics, the context and latest-list tables, metrics, the scoring pipeline and the per-event
+step; readiness, consumer lag and the stats the web views serve.
 
 :func:`stream.agents.install` builds one :class:`Runtime` and hands it to the agent and the
 web views. Its outputs (lists and dead letters) go to Kafka topics, or, for a unit test of
@@ -21,11 +21,13 @@ from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.types import TP, AgentT, EventT, TopicT
 
+from stream.attribution import TALLIES
 from stream.catalogue_follower import CatalogueFollower
 from stream.errors import ConfigError
 from stream.metrics import Metrics, process_figures
 from stream.pipeline import ScoringPipeline
-from stream.step import EventStep, Origin
+from stream.step import EventStep
+from stream.store import Origin
 from stream.transport import Consumer, Producer, Records
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
@@ -47,10 +49,12 @@ class Outputs(Protocol):
         """Publish one dead letter."""
 
 
-class ContextTable(faust.Table):
+class BatchTable(faust.Table):
     """Faust's table, written once per scoring batch, counting the changelog records it applies.
 
-    :meth:`write` stores a batch's contexts and keeps their changelog records until
+    The worker keeps two, both keyed by user id and co-partitioned with the events topic:
+    contexts (``user-context``) and each user's latest list (``latest-list``).
+    :meth:`write` stores a batch's values and keeps their changelog records until
     :meth:`take_changelog`, so they go out in the same producer batches as the lists (Faust's
     own ``table[key] = value`` sends one record at a time, each dearer than Faust's whole
     per-event floor). A restart on a RocksDB store applies only what was written since its
@@ -106,8 +110,9 @@ class TopicOutputs:
     :meth:`prepare` also creates the catalogue topic (compacted) if it is missing and
     followed.
 
-    A batch's lists go out with the changelog records of its contexts, one producer batch per
-    topic partition; both are flushed before Faust commits the batch's offsets.
+    A batch's lists go out with the changelog records of its contexts and latest lists, one
+    producer batch per topic partition; all are flushed before Faust commits the batch's
+    offsets.
     """
 
     def __init__(
@@ -115,13 +120,13 @@ class TopicOutputs:
         app: faust.App,
         recommendations: TopicT,
         dead_letters: TopicT,
-        table: ContextTable,
+        tables: Sequence[BatchTable],
         catalogue: TopicT | None,
     ) -> None:
         self.app = app
         self.recommendations = recommendations
         self.dead_letters = dead_letters
-        self.table = table
+        self.tables = tables
         self.catalogue = catalogue
 
     async def prepare(self) -> None:
@@ -136,14 +141,20 @@ class TopicOutputs:
         return cast(Producer, self.app.producer)
 
     async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
-        """Hand the lists, and the changelog records before them, to the producer."""
+        """Hand the lists, and the tables' changelog records before them, to the producer."""
         producer = self._producer()
-        records = self.table.take_changelog()
+        records: dict[tuple[str, int], Records] = {}
+        for table in self.tables:
+            records.update(table.take_changelog())  # each table has its own changelog topic
         topic = self.recommendations.get_topic_name()
         for user_id, value in lists:
             key = user_id.encode()
             records.setdefault((topic, producer.partition_for(topic, key)), []).append((key, value))
-        await producer.send_batches(records, self.table.on_changelog_delivered)
+        await producer.send_batches(records, self._delivered)
+
+    def _delivered(self, tp: TP, offset: int) -> None:
+        for table in self.tables:
+            table.on_changelog_delivered(tp, offset)
 
     async def send_dead_letter(self, value: bytes) -> None:
         """Hand the dead letter to the producer."""
@@ -158,27 +169,24 @@ class Runtime:
         self.app = app
         self.metrics = Metrics()
         self.events_topic = self._topic(settings.events_topic)
-        self.contexts = ContextTable(
-            app,
-            name="user-context",
-            beacon=app.tables.beacon,
-            partitions=settings.topic_partitions,
-            key_type=str,
-            value_type=bytes,  # UserContext.to_bytes(): compact, and the same in every store
-            help="Most recent events and purchased items per user.",
+        self.contexts = self._table(
+            "user-context", "Most recent events and purchased items per user."
+        )  # values: UserContext.to_bytes(), compact and the same in every store
+        self.latest_lists = self._table(
+            "latest-list", "Each user's newest list, as published (the lookup by user)."
         )
-        self.contexts.metrics = self.metrics
-        app.tables.add(self.contexts)
         self.outputs: Outputs = outputs or TopicOutputs(
             app,
             self._topic(settings.recommendations_topic),
             self._topic(settings.dlq_topic),
-            self.contexts,
+            (self.contexts, self.latest_lists),
             self._topic(settings.catalogue_topic, compacting=True)
             if settings.catalogue_topic
             else None,
         )
-        self.pipeline = ScoringPipeline(settings, self.metrics, self.outputs.publish_lists)
+        self.pipeline = ScoringPipeline(
+            settings, self.metrics, self.outputs.publish_lists, self.latest_lists
+        )
         app.service(self.pipeline)  # type: ignore[arg-type]  # Faust starts instances too
         self.step = EventStep(
             settings, self.metrics, self.contexts, self.pipeline, self.outputs.send_dead_letter
@@ -187,6 +195,21 @@ class Runtime:
         app.service(self.catalogue)  # type: ignore[arg-type]
         #: The scoring agent, once :func:`stream.agents.install` registered it.
         self.agent: AgentT | None = None
+
+    def _table(self, name: str, help_text: str) -> BatchTable:
+        """A bytes-valued table by user id, co-partitioned with the events topic."""
+        table = BatchTable(
+            self.app,
+            name=name,
+            beacon=self.app.tables.beacon,
+            partitions=self.settings.topic_partitions,
+            key_type=str,
+            value_type=bytes,
+            help=help_text,
+        )
+        table.metrics = self.metrics
+        self.app.tables.add(table)
+        return table
 
     def _topic(self, name: str, *, compacting: bool = False) -> TopicT:
         """A bytes-in, bytes-out topic; Faust creates it with our partition count if missing."""
@@ -247,6 +270,30 @@ class Runtime:
             "blocked_items": len(items.blocked) - 1 if items else 0,
         }
 
+    def experiment_stats(self) -> dict[str, Any] | None:
+        """The experiment's arms: model served and live tallies (``None`` without one)."""
+        experiment = self.pipeline.experiment
+        if experiment is None:
+            return None
+        counters = self.metrics.counters
+        arms = {}
+        for arm, model in zip(experiment.arms, self.pipeline.models, strict=True):
+            tallies = {t: counters.get(f"arm_{t}.{arm.name}", 0) for t in TALLIES}
+            lists = tallies["lists"]
+            arms[arm.name] = {
+                "share": arm.share,
+                "model_dir": arm.model_dir,
+                "model_version": model.scorer.model_version if model.scorer else None,
+                **tallies,
+                "click_rate": tallies["clicks"] / lists if lists else 0.0,
+                "purchase_rate": tallies["purchases"] / lists if lists else 0.0,
+            }
+        return {
+            "name": experiment.name,
+            "attribution_window_s": self.settings.attribution_window_s,
+            "arms": arms,
+        }
+
     def stats(self) -> dict[str, Any]:
         """The worker's figures: readiness, counters, summaries, model, providers, pending users.
 
@@ -257,6 +304,11 @@ class Runtime:
         return {
             "ready": self.ready(),
             "assigned_partitions": len(self.app.assignor.assigned_actives()),
+            "partitions": sorted(
+                tp.partition
+                for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.settings.events_topic
+            ),
             **self.metrics.snapshot(),
             "model_version": scorer.model_version if scorer else None,
             "providers": scorer.providers if scorer else [],
@@ -265,6 +317,7 @@ class Runtime:
             "pending_users": batcher.pending_users if batcher else 0,
             "table_users": len(self.contexts),
             "catalogue": self.catalogue_stats(),
+            "experiment": self.experiment_stats(),
             "consumer_lag": self.consumer_lag(),
             "process": process_figures(),
         }

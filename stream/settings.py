@@ -164,6 +164,17 @@ class Settings(EnvSettings):
         "How often the worker checks the model directory for a new model version and switches "
         "to it without a restart; 0 turns the check off.",
     )
+    experiment: str = setting(
+        "",
+        "Experiment file (JSON: name, salt, arms with model_dir and share): users are split "
+        "between the arms' models by a stable hash and each list names its arm; empty: no "
+        "experiment, `STREAMREC_MODEL_DIR` serves everyone. See docs/experiments.md.",
+    )
+    attribution_window_s: float = setting(
+        1800.0,
+        "A click or purchase of an item on the user's latest list counts for that list's arm "
+        "when it happens within this many seconds (event time) of the list's trigger event.",
+    )
     diversity: float = setting(
         0.0,
         "Diversity re-ranking weight λ in [0, 1] (maximal marginal relevance over the model's "
@@ -249,6 +260,9 @@ class Settings(EnvSettings):
             if getattr(self, name) <= 0:
                 msg = f"{PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
+        if self.attribution_window_s <= 0:
+            msg = f"STREAMREC_ATTRIBUTION_WINDOW_S must be > 0, got {self.attribution_window_s!r}"
+            raise ConfigError(msg)
         if self.model_reload_s < 0:
             msg = f"STREAMREC_MODEL_RELOAD_S must be >= 0, got {self.model_reload_s!r}"
             raise ConfigError(msg)

@@ -11,6 +11,10 @@ context waits in the step (where the user's next events find it) until the pipel
 batch holding that user, and :meth:`EventStep.persist` writes every waiting context then,
 before the batch is scored, so before any of its events is acknowledged.
 
+A click or purchase is first checked against the user's latest published list
+(:mod:`stream.attribution`): if it acts on an item of that list in time, it counts for the
+list's arm.
+
 No Faust here: the agent (:mod:`stream.agents`) passes its changelog-backed table and its
 topic sends, the replay (:mod:`stream.tools.replay`) a :class:`MemoryStore` and in-memory
 collectors.
@@ -19,54 +23,22 @@ collectors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from stream.attribution import ATTRIBUTED_TYPES
 from stream.context import ContextLimits, UserContext
 from stream.errors import InvalidEvent
 from stream.metrics import Metrics
 from stream.pipeline import AckFn, ScoringPipeline, now_ms
 from stream.records import Limits, dead_letter, parse_event
 from stream.settings import Settings
+from stream.store import Origin, Store
 
 log = logging.getLogger(__name__)
 
 #: Publishes one dead-letter record (contract ``dead_letter`` v1).
 DeadLetterFn = Callable[[bytes], Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a message was read: named in dead letters and in logs (never its payload).
-
-    ``handle`` is the transport's own object for the message (Faust's event), for stores that
-    need it to write where the message came from.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    handle: Any = None
-
-
-class ContextStore(Protocol):
-    """Where contexts live between events: the worker's Faust table, or a dict."""
-
-    def get(self, user_id: str) -> bytes | None:
-        """A user's stored context, ``None`` if none."""
-
-    def write(self, writes: Sequence[tuple[str, bytes, Origin]]) -> None:
-        """Store each user's context, from a message of the user's partition."""
-
-
-class MemoryStore(dict[str, bytes]):
-    """Contexts in a dict (the replay; tests)."""
-
-    def write(self, writes: Sequence[tuple[str, bytes, Origin]]) -> None:
-        """Store each context."""
-        for user_id, value, _ in writes:
-            self[user_id] = value
 
 
 class EventStep:
@@ -76,7 +48,7 @@ class EventStep:
         self,
         settings: Settings,
         metrics: Metrics,
-        store: ContextStore,
+        store: Store,
         pipeline: ScoringPipeline,
         send_dead_letter: DeadLetterFn,
     ) -> None:
@@ -113,6 +85,8 @@ class EventStep:
             await ack()
             return
         user_id = event.user_id
+        if event.type in ATTRIBUTED_TYPES:
+            self.pipeline.attribution.observe(self.pipeline.latest_lists.get(user_id), event)
         waiting = self._waiting.get(user_id)
         stored = waiting[0] if waiting else UserContext.from_bytes(self.store.get(user_id))
         context, changed = self.context_limits.apply(stored, event)
@@ -121,7 +95,7 @@ class EventStep:
         else:
             self.metrics.inc("events_duplicate")
         self.metrics.inc(f"events_type.{event.type}")
-        await self.pipeline.submit(user_id, context, event, ack)
+        await self.pipeline.submit(user_id, context, event, ack, origin)
 
     def persist(self) -> None:
         """Write every waiting context to the store (the pipeline calls it at each cut)."""

@@ -1,8 +1,10 @@
-"""The worker's web endpoints: stats, probes, Prometheus metrics and a user's context.
+"""The worker's web endpoints: stats, probes, Prometheus metrics, a user's context and list.
 
 ``/stats/`` (JSON), ``/ready/`` and ``/live/`` (probes), ``/metrics`` (Prometheus, see
-:mod:`stream.prometheus`) and ``/context/<user_id>/``, routed to the worker that owns the
-user's partition. :func:`stream.agents.install` installs them with the worker's runtime.
+:mod:`stream.prometheus`), ``/context/<user_id>/`` and ``/recommendations/<user_id>/``, both
+routed to the worker that owns the user's partition (Faust's topic routing: any worker
+answers, forwarding the request when the partition is another's).
+:func:`stream.agents.install` installs them with the worker's runtime.
 """
 
 from __future__ import annotations
@@ -55,5 +57,16 @@ def install(app: faust.App, runtime: Runtime) -> None:
         if context is None:
             return web.json({"user_id": user_id, "found": False}, status=404)
         return web.json({"user_id": user_id, "found": True, **context.to_dict()})
+
+    @app.page("/recommendations/{user_id}/")
+    @app.topic_route(topic=runtime.events_topic, match_info="user_id")
+    async def list_view(web: Any, request: Request, user_id: str) -> Response:
+        """The user's latest list, the same JSON as on the recommendations topic."""
+        if not runtime.table_recovered():
+            return web.json({"user_id": user_id, "error": "table recovering, retry"}, status=503)
+        latest = runtime.latest_lists.get(user_id)
+        if latest is None:
+            return web.json({"user_id": user_id, "found": False}, status=404)
+        return web.bytes(latest, content_type="application/json")
 
     install_prometheus(app, runtime.metrics, runtime.stats)

@@ -39,6 +39,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     """A real (small, briefly trained) MovieLens model directory."""
+    return build_tiny_model(tmp_path_factory.mktemp("model"), datasets_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_no_text_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
+    """A second real tiny model, without the language model (an experiment's other arm)."""
+    return build_tiny_model(tmp_path_factory.mktemp("model-no-text"), datasets_dir, use_text=False)
+
+
+def build_tiny_model(out: Path, datasets_dir: Path, *, use_text: bool = True) -> Path:
+    """Train and export a tiny MovieLens model into ``out``."""
     from model_export.data import movielens_catalogue, movielens_events
     from model_export.export import export
     from model_export.model import RankerConfig
@@ -51,12 +62,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
     trained = train(
         split,
         [i.text for i in catalogue],
-        RankerConfig(num_items=len(ids)).tiny(),
+        RankerConfig(num_items=len(ids), use_text=use_text).tiny(),
         TINY,
         final_fit="all",
         progress=False,
     )
-    out = tmp_path_factory.mktemp("model")
     export(trained, catalogue, out, {"dataset": "movielens-100k"})
     return out
 

@@ -45,6 +45,8 @@ class ReplayRun:
     model_version: str
     mode: str
     lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The experiment arm each list names (an experiment's replay only).
+    arms: dict[str, str | None] = field(default_factory=dict)
     sent: dict[str, float] = field(default_factory=dict)
     arrived: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -52,12 +54,16 @@ class ReplayRun:
     failed_events: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def record(self, trigger_event_id: str, items: Sequence[str], at: float) -> None:
+    def record(
+        self, trigger_event_id: str, items: Sequence[str], at: float, arm: str | None = None
+    ) -> None:
         """Keep the first list for a trigger (later copies are at-least-once duplicates)."""
         if trigger_event_id in self.lists:
             self.duplicate_lists += 1
             return
         self.lists[trigger_event_id] = tuple(items)
+        if arm is not None:
+            self.arms[trigger_event_id] = arm
         self.arrived[trigger_event_id] = at
 
 

@@ -40,12 +40,14 @@ from tqdm import tqdm
 
 from model_export import data
 from stream.errors import StreamrecError
+from stream.experiment import Experiment, load_experiment
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.step import EventStep, MemoryStore, Origin
+from stream.step import EventStep
+from stream.store import MemoryStore, Origin
 from stream.tools.backtest import ReplayRun, by_user
 from stream.tools.broker import EmbeddedBroker
 from stream.tools.lists import follow_lists
@@ -75,7 +77,7 @@ async def replay_in_process(
     async def publish(lists: list[tuple[str, bytes]]) -> None:
         for _, value in lists:
             rec = Recommendation.from_json(value)
-            run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+            run.record(rec.trigger_event_id, [i for i, _ in rec.items], _since(started), rec.arm)
 
     async def dead_letter(value: bytes) -> None:
         dead_letters.append(value)
@@ -132,7 +134,7 @@ async def replay_via_kafka(
     stop = asyncio.Event()
 
     def arrived(rec: Recommendation) -> None:
-        run.record(rec.trigger_event_id, [item for item, _ in rec.items], _since(started))
+        run.record(rec.trigger_event_id, [i for i, _ in rec.items], _since(started), rec.arm)
         future = waiting.pop(rec.trigger_event_id, None)
         if future is not None and not future.done():
             future.set_result(None)
@@ -244,18 +246,30 @@ def replay(
     speed: float = 0.0,
     work_dir: Path = Path(".cache/replay"),
     progress: bool = True,
+    experiment: Experiment | None = None,
 ) -> list[ReplayRun]:
-    """Replay ``events`` once per model directory, in the chosen mode."""
+    """Replay ``events`` once per model directory, in the chosen mode.
+
+    With ``experiment`` (its file in ``settings.experiment``), one replay in which each user
+    is served by the model of the arm assigned to it, as a worker running it would.
+    """
     if speed > 0 and not via_kafka:
         msg = "--speed paces a broker replay; add --via-kafka (in-process runs closed loop)"
         raise StreamrecError(msg)
     users = by_user(events)
     runs = []
+    if experiment is not None:
+        model_dirs = [experiment.arms[0].model_dir]
+        for arm in experiment.arms:
+            load_manifest(arm.model_dir)  # fail early, with the manifest's message
+    else:
+        settings = settings.with_overrides(experiment="")
     for model_dir in model_dirs:
         # a backtest scores with one model from start to end: no reloading
         model_settings = settings.with_overrides(model_dir=model_dir, model_reload_s=0.0)
         load_manifest(model_dir)  # fail early, with the manifest's message
-        bar = tqdm(total=len(events), desc=f"replay {Path(model_dir).name}", disable=not progress)
+        name = f"experiment {experiment.name}" if experiment else Path(model_dir).name
+        bar = tqdm(total=len(events), desc=f"replay {name}", disable=not progress)
         with bar:
             if not via_kafka:
                 runs.append(asyncio.run(replay_in_process(users, model_settings, bar)))
@@ -272,7 +286,27 @@ def replay(
                     runs.append(
                         replay_with_worker(users, model_settings, work_dir, bar, speed=speed)
                     )
+    if experiment is not None:
+        runs[0].model_version = f"experiment {experiment.name}"
     return runs
+
+
+def replay_experiment(
+    events: Sequence[Event], path: str, settings: Settings, **options: Any
+) -> dict[str, Any]:
+    """Rehearse the experiment of file ``path`` on ``events``, and return its report.
+
+    Also replays each arm's model alone, the offline comparison the report checks the
+    experiment against (:func:`stream.tools.experiment.replay_report`).
+    """
+    from stream.tools.experiment import replay_report
+
+    experiment = load_experiment(path)
+    [run] = replay(
+        events, [], settings.with_overrides(experiment=path), experiment=experiment, **options
+    )
+    offline = replay(events, [a.model_dir for a in experiment.arms], settings, **options)
+    return replay_report(events, experiment, run, offline, settings.attribution_window_s)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -297,6 +331,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--final-only", action="store_true", help="score only each user's last interaction"
     )
+    parser.add_argument(
+        "--experiment",
+        help="experiment file: rehearse it (assignment and attribution as live), and check "
+        "it against each arm's model replayed alone",
+    )
     parser.add_argument("--limit", type=int, default=0, help="replay the first N events by time")
     parser.add_argument("--out", default="reports/replay", help="report directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -307,6 +346,23 @@ def main(argv: Sequence[str]) -> int:
     from stream.tools.replay_report import build_report, write_report
 
     events, skipped = load_log(args.events, args.limit)
+    if args.experiment:
+        if args.model or args.speed:
+            parser.error("--experiment takes its models from the file, and runs closed loop")
+        from stream.tools import experiment
+
+        rep = replay_experiment(
+            events,
+            args.experiment,
+            settings,
+            via_kafka=args.via_kafka,
+            broker=args.broker,
+            work_dir=Path(args.out) / "work",
+            progress=not args.quiet,
+        )
+        print(experiment.write(rep, Path(args.out)), file=sys.stderr)
+        print(experiment.headline(rep))
+        return 0
     runs = replay(
         events,
         models,

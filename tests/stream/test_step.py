@@ -12,7 +12,8 @@ from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.step import ContextStore, EventStep, MemoryStore, Origin
+from stream.step import EventStep
+from stream.store import MemoryStore, Origin, Store
 
 
 class UnreadableStore(MemoryStore):
@@ -30,7 +31,7 @@ class UnwritableStore(MemoryStore):
 
 
 def run_step(
-    model_dir: Path, store: ContextStore, messages: list[tuple[bytes | None, bytes]]
+    model_dir: Path, store: Store, messages: list[tuple[bytes | None, bytes]]
 ) -> tuple[list[Recommendation], list[dict], list[int], Metrics]:
     """Each message through one EventStep; returns lists, dead letters, acked offsets, metrics."""
     settings = Settings(model_dir=str(model_dir), model_reload_s=0)

@@ -34,9 +34,7 @@ def test_scale_out_to_three_workers_and_back_to_two(
     def another(name: str) -> WorkerProcess:
         """A worker of the same group and topics, with its own data directory and port."""
         return worker_factory(
-            settings=s.with_overrides(
-                web_port=free_port(), data_dir=str(tmp_path / f"data-{name}")
-            )
+            settings=s.with_overrides(web_port=free_port(), data_dir=str(tmp_path / f"data-{name}"))
         )
 
     a, b, c = first.start(), another("b").start(), another("c")

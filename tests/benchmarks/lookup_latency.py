@@ -1,0 +1,120 @@
+"""Latency of ``GET /recommendations/<user_id>/``, answered locally and routed.
+
+``python -m tests.benchmarks.lookup_latency [--model DIR] [--users N] [--rounds R] [--out FILE]``
+starts the embedded broker and a group of two worker processes (4 partitions), gives ``N``
+users one event each and waits for every list, then asks the first worker for each user's
+list ``R`` times over one kept-alive HTTP connection. A user whose partition the first worker
+owns is answered from its own table (``local``); the others are forwarded by Faust's topic
+routing to the worker that owns them (``routed``). Every answer is checked against the list
+on the topic. Prints one JSON object: p50, p90, p99 and max per kind, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from stream.records import Event
+from stream.settings import Settings
+from stream.tools.broker import EmbeddedBroker
+from stream.tools.lists import TopicReader
+from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+
+PARTITIONS = 4
+
+
+async def serve(settings: Settings, users: int) -> dict[str, bytes]:
+    """One event per user; every user's list as on the topic."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    now = time.time_ns() // 1_000_000
+    try:
+        for n in range(users):
+            ev = Event(f"e{n}", f"user-{n}", "click", now, item_id=str(1 + n % 1682))
+            key, value = ev.to_message()
+            await producer.send(settings.events_topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    lists: dict[str, bytes] = {}
+
+    def on_record(record: object) -> None:
+        lists[orjson.loads(record.value)["user_id"]] = record.value  # type: ignore[attr-defined]
+
+    async with TopicReader(settings.bootstrap_servers, [settings.recommendations_topic]) as reader:
+        await reader.follow(on_record, lambda: len(lists) >= users, timeout_s=120)
+    return lists
+
+
+def partition(user: str) -> int:
+    """The user's partition, as the producer (murmur2) chose it."""
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
+def measure(worker: WorkerProcess, lists: dict[str, bytes], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per lookup on the first worker, by kind; each answer checked."""
+    stats = worker.get_json("/stats/")[1]
+    mine = set(stats["partitions"])
+    took: dict[str, list[float]] = {"local": [], "routed": []}
+    connection = http.client.HTTPConnection(worker.settings.web_host, worker.ports[0], timeout=5)
+    for _ in range(rounds):
+        for user, expected in lists.items():
+            started = time.perf_counter()
+            connection.request("GET", f"/recommendations/{user}/")
+            response = connection.getresponse()
+            body = response.read()
+            elapsed = (time.perf_counter() - started) * 1000
+            assert response.status == 200, (user, response.status, body)
+            assert orjson.loads(body) == orjson.loads(expected), user
+            took["local" if partition(user) in mine else "routed"].append(elapsed)
+    connection.close()
+    return took
+
+
+def main() -> None:
+    """Run the measurement and print its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=Settings.from_env().model_dir)
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work, EmbeddedBroker() as broker:
+        base = Settings(broker=broker.url, model_dir=args.model, topic_partitions=PARTITIONS)
+        settings = fresh_settings(base, Path(work), processes=2)
+        create_topics(settings)
+        with WorkerProcess(settings, Path(work), processes=2) as worker:
+            worker.wait_ready()
+            lists = asyncio.run(serve(settings, args.users))
+            took = measure(worker, lists, args.rounds)
+    figures: dict[str, object] = {
+        "users": args.users,
+        "rounds": args.rounds,
+        "workers": 2,
+        "partitions": PARTITIONS,
+        "client": "one kept-alive HTTP connection to the first worker, sequential requests",
+    }
+    for kind, values in took.items():
+        v = np.array(values)
+        figures[kind] = {
+            "lookups": len(values),
+            **{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)},
+            "max": round(float(v.max()), 2),
+        }
+    line = orjson.dumps(figures).decode()
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
