@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import orjson
+
 from stream.metrics import Metrics
 from stream.records import Event, Recommendation
 
@@ -63,8 +65,11 @@ class Attribution:
 
     def observe(self, latest: bytes | None, event: Event) -> None:
         """Count ``event`` for the arm of the user's latest list (its bytes) if it earned it."""
-        if latest is None or event.type not in ATTRIBUTED_TYPES:
-            return  # the common case costs no parsing
+        if latest is None or event.type not in ATTRIBUTED_TYPES or event.item_id is None:
+            return
+        # most events act on items not listed: a byte search rules them out without parsing
+        if b'"item_id":' + orjson.dumps(event.item_id) not in latest:
+            return
         rec = Recommendation.from_json(latest)
         kind = attributed(rec, event, self.window_ms)
         if kind is not None:

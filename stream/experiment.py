@@ -102,18 +102,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def parse_experiment(body: Any, where: str = "experiment") -> Experiment:
     """Check an experiment's JSON body; see :func:`load_experiment`."""
-    if not isinstance(body, dict):
-        msg = f"{where}: must be a JSON object with name, salt and arms"
-        raise ConfigError(msg)
-    unknown = set(body) - {"name", "salt", "arms"}
-    if unknown:
-        msg = f"{where}: unknown field(s) {', '.join(sorted(unknown))}"
-        raise ConfigError(msg)
+    body = _object(body, where, ("name", "salt", "arms"))
     name = _name(body.get("name"), f"{where}: field 'name'")
-    salt = body.get("salt")
-    if not isinstance(salt, str) or not salt:
-        msg = f"{where}: field 'salt' must be a non-empty string"
-        raise ConfigError(msg)
+    salt = _string(body, "salt", where, "a non-empty string")
     arms_body = body.get("arms")
     if not isinstance(arms_body, list) or len(arms_body) < 2:
         msg = f"{where}: field 'arms' must be a list of two or more arms"
@@ -131,23 +122,34 @@ def parse_experiment(body: Any, where: str = "experiment") -> Experiment:
 
 
 def _arm(body: Any, where: str) -> Arm:
-    if not isinstance(body, dict):
-        msg = f"{where}: must be an object with name, model_dir and share"
-        raise ConfigError(msg)
-    unknown = set(body) - {"name", "model_dir", "share"}
-    if unknown:
-        msg = f"{where}: unknown field(s) {', '.join(sorted(unknown))}"
-        raise ConfigError(msg)
+    body = _object(body, where, ("name", "model_dir", "share"))
     name = _name(body.get("name"), f"{where}: field 'name'")
-    model_dir = body.get("model_dir")
-    if not isinstance(model_dir, str) or not model_dir:
-        msg = f"{where}: field 'model_dir' must be a model directory's path"
-        raise ConfigError(msg)
+    model_dir = _string(body, "model_dir", where, "a model directory's path")
     share = body.get("share")
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         msg = f"{where}: field 'share' must be a number in (0, 1], got {share!r}"
         raise ConfigError(msg)
     return Arm(name=name, model_dir=model_dir, share=float(share))
+
+
+def _object(body: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` if it is a JSON object of no other fields than ``fields``."""
+    if not isinstance(body, dict):
+        msg = f"{where}: must be a JSON object with {', '.join(fields)}"
+        raise ConfigError(msg)
+    unknown = set(body) - set(fields)
+    if unknown:
+        msg = f"{where}: unknown field(s) {', '.join(sorted(unknown))}"
+        raise ConfigError(msg)
+    return body
+
+
+def _string(body: dict[str, Any], field: str, where: str, what: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        msg = f"{where}: field '{field}' must be {what}"
+        raise ConfigError(msg)
+    return value
 
 
 def _name(value: Any, where: str) -> str:

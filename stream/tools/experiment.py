@@ -178,7 +178,8 @@ def replay_report(
     ``run`` replayed the log with the experiment; ``offline`` holds one run per arm, in the
     arms' order, that replayed the whole log with that arm's model alone. Each arm's users
     are tallied in both; ``offline.agrees`` when every rate matches within
-    :data:`AGREEMENT`. ``live_counters`` are the worker step's own tallies of the replay.
+    :data:`AGREEMENT`. ``live_counters`` (in-process replays) are the worker step's own
+    tallies of the replay.
     """
     by_id = {ev.event_id: ev for ev in events}
     users = by_user(events)
@@ -205,10 +206,11 @@ def replay_report(
         offline_rates[arm] = {r: alone[r] for r in RATES}
         for rate in RATES:
             worst = max(worst, abs(alone[rate] - result["arms"][arm][rate]))
-    counters = run.stats.get("counters", {})
-    result["live_counters"] = {
-        arm: {t: counters.get(f"arm_{t}.{arm}", 0) for t in TALLIES} for arm in arms
-    }
+    counters = run.stats.get("counters")
+    if counters is not None:  # in process: the step's own tallies (a worker keeps its own)
+        result["live_counters"] = {
+            arm: {t: counters.get(f"arm_{t}.{arm}", 0) for t in TALLIES} for arm in arms
+        }
     result["offline"] = {
         "click_rate": {a: r["click_rate"] for a, r in offline_rates.items()},
         "purchase_rate": {a: r["purchase_rate"] for a, r in offline_rates.items()},
@@ -328,6 +330,7 @@ def headline(rep: dict[str, Any]) -> str:
                 for a, f in rep["arms"].items()
             },
             "vs_control": rep["vs_control"],
+            "verdict": rep["verdict"],
             **({"agrees_with_offline": rep["offline"]["agrees"]} if "offline" in rep else {}),
         }
     ).decode()

@@ -26,6 +26,12 @@ def body(**changes):
     return {**base, **changes}
 
 
+def pair(first: dict, second: dict) -> dict:
+    """An experiment of arms ``a`` and ``b`` (half each, model ``m``), changed as given."""
+    base = {"model_dir": "m", "share": 0.5}
+    return body(arms=[{"name": "a", **base, **first}, {"name": "b", **base, **second}])
+
+
 def write(tmp_path: Path, content) -> Path:
     path = tmp_path / "experiment.json"
     path.write_bytes(content if isinstance(content, bytes) else orjson.dumps(content))
@@ -49,37 +55,10 @@ def test_a_good_file_reads_back_as_written(tmp_path):
         (body(arms=[]), "field 'arms'"),
         (body(arms=[{"name": "only", "model_dir": "m", "share": 1.0}]), "two or more arms"),
         (body(colour="red"), "unknown field(s) colour"),
-        (
-            body(arms=[{"name": "a", "model_dir": "m", "share": 0.5}, {"name": "b", "share": 0.5}]),
-            "arms[1]: field 'model_dir'",
-        ),
-        (
-            body(
-                arms=[
-                    {"name": "a", "model_dir": "m", "share": 0.7},
-                    {"name": "b", "model_dir": "m", "share": 0.2},
-                ]
-            ),
-            "shares must sum to 1, got 0.9",
-        ),
-        (
-            body(
-                arms=[
-                    {"name": "a", "model_dir": "m", "share": "half"},
-                    {"name": "b", "model_dir": "m", "share": 0.5},
-                ]
-            ),
-            "arms[0]: field 'share'",
-        ),
-        (
-            body(
-                arms=[
-                    {"name": "a", "model_dir": "m", "share": 0.5},
-                    {"name": "a", "model_dir": "m", "share": 0.5},
-                ]
-            ),
-            "arm names must differ",
-        ),
+        (pair({}, {"model_dir": None}), "arms[1]: field 'model_dir'"),
+        (pair({"share": 0.7}, {"share": 0.2}), "shares must sum to 1, got 0.9"),
+        (pair({"share": "half"}, {}), "arms[0]: field 'share'"),
+        (pair({}, {"name": "a"}), "arm names must differ"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_field(tmp_path, content, named):
