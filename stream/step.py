@@ -11,7 +11,7 @@ context waits in the step (where the user's next events find it) until the pipel
 batch holding that user, and :meth:`EventStep.persist` writes every waiting context then,
 before the batch is scored, so before any of its events is acknowledged.
 
-A click or purchase is first checked against the user's latest published list
+A new click or purchase is checked against the user's latest published list
 (:mod:`stream.attribution`): if it acts on an item of that list in time, it counts for the
 list's arm.
 
@@ -85,13 +85,13 @@ class EventStep:
             await ack()
             return
         user_id = event.user_id
-        if event.type in ATTRIBUTED_TYPES:
-            self.pipeline.attribution.observe(self.pipeline.latest_lists.get(user_id), event)
         waiting = self._waiting.get(user_id)
         stored = waiting[0] if waiting else UserContext.from_bytes(self.store.get(user_id))
         context, changed = self.context_limits.apply(stored, event)
         if changed:
             self._waiting[user_id] = (context, origin)
+            if event.type in ATTRIBUTED_TYPES:  # a redelivered event is not counted twice
+                self.pipeline.attribution.observe(self.pipeline.latest_lists.get(user_id), event)
         else:
             self.metrics.inc("events_duplicate")
         self.metrics.inc(f"events_type.{event.type}")

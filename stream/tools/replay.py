@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from model_export import data
 from stream.errors import StreamrecError
-from stream.experiment import Experiment, load_experiment
+from stream.experiment import load_experiment
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
@@ -246,29 +246,29 @@ def replay(
     speed: float = 0.0,
     work_dir: Path = Path(".cache/replay"),
     progress: bool = True,
-    experiment: Experiment | None = None,
+    experiment: str = "",
 ) -> list[ReplayRun]:
     """Replay ``events`` once per model directory, in the chosen mode.
 
-    With ``experiment`` (its file in ``settings.experiment``), one replay in which each user
-    is served by the model of the arm assigned to it, as a worker running it would.
+    With ``experiment`` (an experiment file) instead, one replay in which each user is served
+    by the model of the arm assigned to it, as a worker running it would.
     """
     if speed > 0 and not via_kafka:
         msg = "--speed paces a broker replay; add --via-kafka (in-process runs closed loop)"
         raise StreamrecError(msg)
     users = by_user(events)
     runs = []
-    if experiment is not None:
-        model_dirs = [experiment.arms[0].model_dir]
-        for arm in experiment.arms:
+    settings = settings.with_overrides(experiment=experiment)
+    split = load_experiment(experiment) if experiment else None
+    if split is not None:
+        model_dirs = [split.arms[0].model_dir]
+        for arm in split.arms:
             load_manifest(arm.model_dir)  # fail early, with the manifest's message
-    else:
-        settings = settings.with_overrides(experiment="")
     for model_dir in model_dirs:
         # a backtest scores with one model from start to end: no reloading
         model_settings = settings.with_overrides(model_dir=model_dir, model_reload_s=0.0)
         load_manifest(model_dir)  # fail early, with the manifest's message
-        name = f"experiment {experiment.name}" if experiment else Path(model_dir).name
+        name = f"experiment {split.name}" if split else Path(model_dir).name
         bar = tqdm(total=len(events), desc=f"replay {name}", disable=not progress)
         with bar:
             if not via_kafka:
@@ -286,8 +286,8 @@ def replay(
                     runs.append(
                         replay_with_worker(users, model_settings, work_dir, bar, speed=speed)
                     )
-    if experiment is not None:
-        runs[0].model_version = f"experiment {experiment.name}"
+    if split is not None:
+        runs[0].model_version = f"experiment {split.name}"
     return runs
 
 
@@ -302,9 +302,7 @@ def replay_experiment(
     from stream.tools.experiment import replay_report
 
     experiment = load_experiment(path)
-    [run] = replay(
-        events, [], settings.with_overrides(experiment=path), experiment=experiment, **options
-    )
+    [run] = replay(events, [], settings, experiment=path, **options)
     offline = replay(events, [a.model_dir for a in experiment.arms], settings, **options)
     return replay_report(events, experiment, run, offline, settings.attribution_window_s)
 

@@ -165,3 +165,32 @@ def test_a_failed_scoring_batch_still_hands_over_its_contexts_before_the_acks(ti
 
     asyncio.run(run())
     assert order == ["publish 0", "ack"]
+
+
+def test_a_click_on_the_latest_list_counts_once_even_if_redelivered(tiny_model_dir):
+    settings = Settings(model_dir=str(tiny_model_dir), model_reload_s=0)
+    listed = Recommendation("u1", [("7", 1.0), ("9", 0.5)], "m", "e0", 1_000, 1_005)
+    latest = MemoryStore({"u1": listed.to_json()})
+
+    async def nowhere(_: object) -> None:
+        return None
+
+    async def run() -> Metrics:
+        pipeline = ScoringPipeline(settings, Metrics(), nowhere, latest)
+        step = EventStep(settings, pipeline.metrics, MemoryStore(), pipeline, nowhere)
+        await pipeline.start()
+        try:
+            click = Event("e1", "u1", "click", 60_000, item_id="9")
+            for offset in range(2):  # the second time: redelivered after a rebalance
+                key, value = click.to_message()
+                await step(value, key, Origin("events", 0, offset), _ack)
+        finally:
+            await pipeline.stop()
+        return pipeline.metrics
+
+    counters = asyncio.run(run()).counters
+    assert counters["arm_clicks.none"] == 1 and counters["events_duplicate"] == 1
+
+
+async def _ack() -> None:
+    return None
