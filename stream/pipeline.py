@@ -184,27 +184,25 @@ class ScoringPipeline(Service):
             self.metrics.inc("context_writes_failed")
 
     def _score(self, users: Sequence[PendingUser]) -> ScoredBatch:
-        if self.experiment is None:
-            scorer = self.scorer  # the model in force when this batch is scored
-            assert scorer is not None
-            only = scorer.score([u.context for u in users])
-            return ScoredBatch(only, [scorer.model_version] * len(users), [None] * len(users))
-        by_arm: dict[str, list[int]] = {}
-        for row, user in enumerate(users):
-            by_arm.setdefault(self.experiment.assign(user.user_id).name, []).append(row)
         lists: list[RankedList] = [[] for _ in users]
         versions = [""] * len(users)
         arms: list[str | None] = [None] * len(users)
-        for model in self.models:
-            rows = by_arm.get(model.arm or "")
-            if not rows:
-                continue
-            scorer = model.scorer
+        for model, rows in self._by_model(users):
+            scorer = model.scorer  # the model in force when this batch is scored
             assert scorer is not None
             ranked_lists = scorer.score([users[r].context for r in rows])
             for row, ranked in zip(rows, ranked_lists, strict=True):
                 lists[row], versions[row], arms[row] = ranked, scorer.model_version, model.arm
         return ScoredBatch(lists, versions, arms)
+
+    def _by_model(self, users: Sequence[PendingUser]) -> list[tuple[ServedModel, list[int]]]:
+        """The batch's rows each model scores: all of them, or each arm's users."""
+        if self.experiment is None:
+            return [(self.models[0], list(range(len(users))))]
+        by_arm: dict[str, list[int]] = {}
+        for row, user in enumerate(users):
+            by_arm.setdefault(self.experiment.assign(user.user_id).name, []).append(row)
+        return [(m, by_arm[m.arm]) for m in self.models if m.arm in by_arm]
 
     async def _watch_model(self, interval: float) -> None:
         while True:
@@ -212,7 +210,7 @@ class ScoringPipeline(Service):
             try:
                 await self.reload_if_changed()
             except Exception:  # the watcher must outlive any surprise; the model keeps serving
-                log.exception("checking %s for a new model failed", self.settings.model_dir)
+                log.exception("checking the model directories for a new model failed")
 
     async def reload_if_changed(self) -> bool:
         """Switch each model (arm) whose directory's version changed; True if one did."""
@@ -292,6 +290,10 @@ class ScoringPipeline(Service):
         """
         assert self.batcher is not None, "submit() before the pipeline started"
         await self.batcher.add(user_id, context, trigger, ack, origin)
+
+    def attribute(self, event: Event) -> None:
+        """Count a new click or purchase for the arm of its user's latest list, if it earned it."""
+        self.attribution.observe(self.latest_lists.get(event.user_id), event)
 
     def _write_latest(self, latest: list[tuple[str, bytes, Any]]) -> None:
         try:

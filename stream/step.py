@@ -91,7 +91,7 @@ class EventStep:
         if changed:
             self._waiting[user_id] = (context, origin)
             if event.type in ATTRIBUTED_TYPES:  # a redelivered event is not counted twice
-                self.pipeline.attribution.observe(self.pipeline.latest_lists.get(user_id), event)
+                self.pipeline.attribute(event)
         else:
             self.metrics.inc("events_duplicate")
         self.metrics.inc(f"events_type.{event.type}")

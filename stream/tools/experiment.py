@@ -34,6 +34,7 @@ from stream.attribution import TALLIES, UserOutcome, attribute_log  # noqa: E402
 from stream.errors import InvalidEvent, StreamrecError  # noqa: E402
 from stream.experiment import Experiment, load_experiment  # noqa: E402
 from stream.records import Event, Recommendation, parse_event  # noqa: E402
+from stream.security import kafka_client_options  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.tools.backtest import Z_95, ReplayRun, by_user  # noqa: E402
 from stream.tools.lists import TopicReader  # noqa: E402
@@ -249,8 +250,12 @@ async def read_topics(
         users.setdefault(ev.user_id, []).append(ev)
 
     topics = [settings.events_topic, settings.recommendations_topic]
+    options = kafka_client_options(settings)  # a production cluster's SSL/SASL settings too
     async with TopicReader(
-        settings.bootstrap_servers, topics, fetch_max_wait_ms=settings.fetch_max_wait_ms
+        options.pop("bootstrap_servers"),
+        topics,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **options,
     ) as reader:
         await reader.follow(on_record, lambda: time.monotonic() - last > idle_s)
     return users, lists, list(arms)

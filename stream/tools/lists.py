@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
@@ -31,7 +32,9 @@ class TopicReader:
         *,
         from_end: bool = False,
         fetch_max_wait_ms: int = 50,
+        **client_options: Any,
     ) -> None:
+        """Open nothing yet; ``client_options`` go to aiokafka (SSL/SASL settings)."""
         self.from_end = from_end
         self.consumer = AIOKafkaConsumer(
             *topics,
@@ -39,6 +42,7 @@ class TopicReader:
             auto_offset_reset="latest" if from_end else "earliest",
             fetch_max_wait_ms=fetch_max_wait_ms,
             enable_auto_commit=False,
+            **client_options,
         )
 
     async def __aenter__(self) -> TopicReader:

@@ -260,14 +260,13 @@ def replay(
     runs = []
     settings = settings.with_overrides(experiment=experiment)
     split = load_experiment(experiment) if experiment else None
+    for model_dir in [a.model_dir for a in split.arms] if split else model_dirs:
+        load_manifest(model_dir)  # fail early, with the manifest's message
     if split is not None:
-        model_dirs = [split.arms[0].model_dir]
-        for arm in split.arms:
-            load_manifest(arm.model_dir)  # fail early, with the manifest's message
+        model_dirs = [split.arms[0].model_dir]  # one run: the pipeline serves every arm
     for model_dir in model_dirs:
         # a backtest scores with one model from start to end: no reloading
         model_settings = settings.with_overrides(model_dir=model_dir, model_reload_s=0.0)
-        load_manifest(model_dir)  # fail early, with the manifest's message
         name = f"experiment {split.name}" if split else Path(model_dir).name
         bar = tqdm(total=len(events), desc=f"replay {name}", disable=not progress)
         with bar:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 
 from stream.records import Event
 from stream.settings import Settings
@@ -59,8 +59,9 @@ async def serve(settings: Settings, users: int) -> dict[str, bytes]:
 
 
 def partition(user: str) -> int:
-    """The user's partition, as the producer (murmur2) chose it."""
-    return (murmur2(user.encode()) & 0x7FFFFFFF) % PARTITIONS
+    """The user's partition, as the producer's partitioner (murmur2) chose it."""
+    partitions = list(range(PARTITIONS))
+    return int(DefaultPartitioner()(user.encode(), partitions, partitions))
 
 
 async def load(settings: Settings, users: int, rate: float, stop: threading.Event) -> int:
