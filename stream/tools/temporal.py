@@ -13,7 +13,8 @@
    as a shop would add it; each click on a catalogue item after the cut is scored against
    the list built from the user's events before it, with the catalogue as of that moment.
 4. **Baselines** through the same replay, same exclusions: ``popular_recent`` (most clicked
-   over the last ``--popular-days`` days, updated online from the stream), ``itemknn``
+   over the last ``--popular-days`` days, updated online from the stream: a list counts
+   clicks before it only, never its own target, at most :data:`MAX_STALE_MS` stale), ``itemknn``
    (co-occurrence fit on the past only, not updated), ``text_frozen`` (the pretrained MiniLM,
    no fine-tuning: cosine of an item's text to the user's recent items' texts) and ``random``
    (uniform over the items available then).
@@ -46,6 +47,7 @@ from model_export.ranking import gains
 from stream.catalogue import Catalogue
 from stream.context import UserContext, apply_event
 from stream.diversity import unit_rows
+from stream.errors import ModelLoadError
 from stream.manifest import DAY_MS, MANIFEST_FILE, load_manifest
 from stream.records import CatalogueRecord, Event
 from stream.scorer import Scorer
@@ -57,6 +59,9 @@ MODELS = ("model", "model_no_text")
 BASELINES = ("popular_recent", "itemknn", "text_frozen", "random")
 GROUPS = ("overall", "cold", "new_users", "returning_users")
 METRICS = (f"hr@{K}", f"ndcg@{K}")
+#: Longest (event time) a list waits in a batch: the online baseline's counts are frozen
+#: while lists are pending, so this bounds how stale they can be for a list.
+MAX_STALE_MS = 3_600_000
 #: History kept per user, as the worker's default ``STREAMREC_CONTEXT_EVENTS``.
 CONTEXT_EVENTS = 50
 #: A ranker answers with the K best of its items; lists compare the first K.
@@ -93,9 +98,11 @@ def train_model(
     from model_export.split import build_split
     from model_export.train import TINY, TrainConfig, train
 
-    manifest = out / MANIFEST_FILE
-    if manifest.is_file():
-        made = load_manifest(out, verify_hash=False).training
+    if (out / MANIFEST_FILE).is_file():
+        try:
+            made = load_manifest(out, verify_hash=False).training
+        except ModelLoadError:
+            made = {}  # a model of another format: trained again
         if made.get("cut_ts") == cut_ts and made.get("tiny") == tiny:
             return out
     config = RankerConfig(num_items=len(catalogue), use_text=use_text)
@@ -290,24 +297,31 @@ def replay_future(
     publish([i.item_id for i in trained], 0)
     contexts: dict[str, UserContext | None] = {}
     pending: dict[str, tuple[UserContext, Scored]] = {}
+    # Clicks the online baseline has not counted yet: none is counted before the lists
+    # pending ahead of it are made, so no list sees its own target or anything later.
+    uncounted: list[Event] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        rows = list(pending.values())
-        ctxs, targets = [r[0] for r in rows], [r[1] for r in rows]
-        for name, method in methods.items():
-            for target, items in zip(targets, method(ctxs, targets), strict=True):
-                item = target.event.item_id
-                out.ranks[name].append(items.index(item) + 1 if item in items else 0)
-        out.scored.extend(targets)
-        pending.clear()
+        if pending:
+            rows = list(pending.values())
+            ctxs, targets = [r[0] for r in rows], [r[1] for r in rows]
+            for name, method in methods.items():
+                for target, items in zip(targets, method(ctxs, targets), strict=True):
+                    item = target.event.item_id
+                    out.ranks[name].append(items.index(item) + 1 if item in items else 0)
+            out.scored.extend(targets)
+            pending.clear()
+        for seen in uncounted:
+            popular.observe(seen)
+        uncounted.clear()
 
     for event in sorted(events, key=lambda e: e.ts):
         item = event.item_id
         if item in text and item not in live.records:
             flush()  # lists before this moment are made without the item
             publish([item], event.ts)
+        if pending and event.ts - next(iter(pending.values()))[1].event.ts > MAX_STALE_MS:
+            flush()  # the baseline's counts stay at most this stale for a pending list
         ctx = contexts.get(event.user_id)
         scorable = event.ts >= cut_ts and event.type == "click" and item in text
         if scorable and ctx is not None:
@@ -318,7 +332,10 @@ def replay_future(
         contexts[event.user_id], _ = apply_event(
             ctx, event, max_events=CONTEXT_EVENTS, max_purchased=500, max_seen=1000
         )
-        popular.observe(event)
+        if pending:
+            uncounted.append(event)
+        else:
+            popular.observe(event)
     flush()
     return out
 

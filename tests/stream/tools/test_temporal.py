@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from model_export.data import CatalogueItem
 from stream.context import apply_event
 from stream.manifest import load_manifest
 from stream.records import Event
@@ -19,6 +21,7 @@ from stream.tools.temporal import (
     Replay,
     Scored,
     cut_time,
+    replay_future,
     summarise,
 )
 
@@ -42,6 +45,25 @@ def test_recent_popularity_forgets_clicks_older_than_its_window():
     popular.observe(click(9, "u", "new", 2 * DAY))
     context, _ = apply_event(None, click(10, "v", "x", 2 * DAY), max_events=5, max_purchased=5)
     assert popular([context], []) == [["new"]]
+
+
+def test_recent_popularity_never_counts_a_lists_own_target_or_anything_after_it():
+    """Clicks on "hot" arrive in one batch window: no list counts its own or a later one."""
+    hour = 3_600_000
+    past = [click(i, f"p{i}", "a", i) for i in range(2)]  # "a": 2 clicks before the cut
+    cut = 10 * hour
+    seed = [click(10 + i, f"u{i}", "b", cut + i) for i in range(5)]  # every user has a context
+    hot = [click(20 + i, f"u{i}", "hot", cut + hour + i) for i in range(3)]  # one window
+    late = click(30, "u4", "hot", cut + 3 * hour)  # two hours on: counts the three before it
+    catalogue = [CatalogueItem(i, f"{i} | film") for i in ("a", "b", "hot")]
+    args = argparse.Namespace(popular_days=7.0)
+    replay = replay_future([*past, *seed, *hot, late], catalogue, cut, {}, args)
+    ranks = dict(
+        zip([s.event.event_id for s in replay.scored], replay.ranks["popular_recent"], strict=True)
+    )
+    # in the window no click on "hot" is counted yet (counting them would rank it first)
+    assert [ranks[e.event_id] for e in hot] == [0, 0, 0]
+    assert ranks[late.event_id] == 1  # then "hot" (3 clicks) leads "a" (2); "b" was seen
 
 
 def test_the_summary_has_every_group_method_difference_and_freshness():
