@@ -74,22 +74,21 @@ def evaluate_model_dir(
     top = np.zeros((len(examples.targets), K), dtype=np.int64)
     for start in range(0, len(examples.targets), batch):
         rows = slice(start, start + batch)
-        lists = scorer.decode(
-            *scorer.run(
-                {
-                    "item_ids": examples.item_ids[rows],
-                    "event_types": examples.event_types[rows],
-                    "query_ids": examples.query_ids[rows] + 1,  # -1 (none) is row 0
-                    "query_table": query_table,
-                    "extra_items": scorer.items.extra,
-                    "blocked_ids": scorer.items.blocked,
-                    "item_added": scorer.items.added_days,
-                    "user_days": examples.days[rows].astype(np.float32),
-                    "exclude_ids": exclude_matrix(examples.excluded[rows]),
-                }
-            )
+        scores, indices, _ = scorer.run(
+            {
+                "item_ids": examples.item_ids[rows],
+                "event_types": examples.event_types[rows],
+                "query_ids": examples.query_ids[rows] + 1,  # -1 (none) is row 0
+                "query_table": query_table,
+                "extra_items": scorer.items.extra,
+                "extra_bias": np.zeros(scorer.items.num_extra, dtype=np.float32),
+                "blocked_ids": scorer.items.blocked,
+                "item_added": scorer.items.added_days,
+                "user_days": examples.days[rows].astype(np.float32),
+                "exclude_ids": exclude_matrix(examples.excluded[rows]),
+            }
         )
-        for r, ranked in enumerate(lists, start=start):
+        for r, ranked in enumerate(scorer.decode(scores, indices), start=start):
             top[r, : len(ranked)] = [scorer.item_index(item) for item, _ in ranked]
     return ranking_metrics(top, examples.targets, split.num_items)
 

@@ -132,24 +132,26 @@ class HalfRanker(nn.Module):
         query_ids: torch.Tensor,
         query_table: torch.Tensor,
         extra_items: torch.Tensor,
+        extra_bias: torch.Tensor,
         blocked_ids: torch.Tensor,
         item_added: torch.Tensor,
         user_days: torch.Tensor,
         exclude_ids: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same as :meth:`SequenceRanker.forward`, in half precision (ages in fp32)."""
-        scores, indices = self.ranker(
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Same as :meth:`SequenceRanker.forward`, in half precision (ages and mass in fp32)."""
+        scores, indices, mass = self.ranker(
             item_ids,
             event_types,
             query_ids,
             query_table.half(),
             extra_items.half(),
+            extra_bias,
             blocked_ids,
             item_added,
             user_days,
             exclude_ids,
         )
-        return scores.float(), indices
+        return scores.float(), indices, mass
 
 
 def export_fp16(ranker: SequenceRanker, path: Path) -> Path:

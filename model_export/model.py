@@ -289,24 +289,37 @@ class SequenceRanker(nn.Module):
         query_ids: torch.Tensor,
         query_table: torch.Tensor,
         extra_items: torch.Tensor,
+        extra_bias: torch.Tensor,
         blocked_ids: torch.Tensor,
         item_added: torch.Tensor,
         user_days: torch.Tensor,
         exclude_ids: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``max_k`` (scores, item indices), excluded, blocked items and padding masked out.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top ``max_k`` (scores, item indices), and each extra item's probability mass.
 
         Search events name a row of ``query_table`` (the batch's distinct query vectors,
         row 0 zeros) in ``query_ids``; the gather runs inside the graph, so a batch sends
         one vector per distinct query instead of one per history position. Indices from
-        ``num_items + 1`` are rows of ``extra_items``; ``blocked_ids`` are masked for every
-        user, ``exclude_ids`` per user. ``item_added`` ``[items]`` says when each item (all
-        of them, padding first) was added and ``user_days`` ``[batch]`` when each list is
-        made, both in days since the epoch.
+        ``num_items + 1`` are rows of ``extra_items``, whose scores get ``extra_bias`` added
+        (click feedback, :mod:`stream.feedback`); ``blocked_ids`` are masked for every
+        user, ``exclude_ids`` per user, padding always. ``item_added`` ``[items]`` says when
+        each item (all of them, padding first) was added and ``user_days`` ``[batch]`` when
+        each list is made, both in days since the epoch. The third output ``[extra]`` is each
+        extra item's softmax probability before its bias, masked items none, summed over the
+        batch: what the feedback compares the items' clicks with.
         """
         query_vecs = query_table[query_ids]
         scores = self.logits(item_ids, event_types, query_vecs, extra_items, user_days, item_added)
         blocked = blocked_ids.unsqueeze(0).expand(exclude_ids.shape[0], -1)
         masked = torch.cat([torch.zeros_like(exclude_ids[:, :1]), exclude_ids, blocked], dim=1)
         scores = scores.scatter(1, masked, torch.full(masked.shape, MASK_SCORE, dtype=scores.dtype))
-        return torch.topk(scores, self.config.max_k, dim=1)
+        listed = scores > MASK_SCORE
+        trained = self.config.num_items + 1
+        wide = scores.float()  # fp32 whatever the model's precision: a sum of probabilities
+        log_total = torch.logsumexp(wide, dim=1, keepdim=True)
+        probability = torch.exp(wide[:, trained:] - log_total) * listed[:, trained:]
+        mass = probability.sum(dim=0)
+        bias = torch.cat([torch.zeros(trained, dtype=scores.dtype), extra_bias.to(scores.dtype)])
+        scores = torch.where(listed, scores + bias, scores)
+        top, indices = torch.topk(scores, self.config.max_k, dim=1)
+        return top, indices, mass

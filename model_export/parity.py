@@ -5,7 +5,9 @@ shows everything that is wrong. Thresholds (the export contract, see
 :mod:`model_export.export`): fp32 ranker max |score diff| <= ``SCORE_TOLERANCE`` and top-10
 identical for >= ``TOP10_IDENTICAL`` of users, with no extra items and with many, blocked
 items included (:data:`CASES`); fp16 ranker mean top-10 overlap over every case's users >=
-``FP16_TOP10_OVERLAP``;
+``FP16_TOP10_OVERLAP``; each extra item's probability mass (``extra_mass``) within
+``MASS_TOLERANCE`` of PyTorch's (relative to their sum where it exceeds 1; fp16:
+``FP16_MASS_TOLERANCE``);
 query encoder max |vector diff| <= ``SCORE_TOLERANCE``; the item tower (the query encoder on
 item texts, plus the id part) reproduces the trained items' vectors within
 ``ITEM_VECTOR_TOLERANCE`` and, fed to the ONNX ranker as extra items, ranks as PyTorch does;
@@ -41,6 +43,9 @@ SCORE_TOLERANCE = 1e-4
 TOP10_IDENTICAL = 0.999
 TIE_TOLERANCE = 1e-5
 FP16_TOP10_OVERLAP = 0.99
+#: ``extra_mass`` (summed probabilities): largest difference, relative to the sum over 1.
+MASS_TOLERANCE = 1e-5
+FP16_MASS_TOLERANCE = 1e-2
 INT8_QUERY_TOP10_OVERLAP = 0.99
 ITEM_VECTOR_TOLERANCE = 1e-3
 #: (batch size, extra items) checked: a single user and a large batch, each without extra
@@ -55,7 +60,7 @@ def ranker_inputs(
 
     Left-padded histories of random lengths, including length 1 and empty (a new user),
     search events with query vectors, ``extra`` items after the trained ones (events on
-    them included), blocked items and excluded items.
+    them included) with click-feedback biases, blocked items and excluded items.
     """
     rng = np.random.default_rng(seed)
     cfg = model.config
@@ -78,6 +83,9 @@ def ranker_inputs(
     query_ids[searches] = np.arange(1, len(query_table))
     exclude_ids = rng.integers(0, total + 1, size=(batch, 7), dtype=np.int64)
     extra_items = rng.normal(0, 0.3, size=(extra, cfg.dim)).astype(np.float32)
+    # click feedback: most items near no bias, some pushed far up or down
+    extra_bias = rng.normal(0, 1.0, size=extra).astype(np.float32)
+    extra_bias[::7] *= 5.0
     blocked_ids = np.concatenate([[0], rng.integers(1, total + 1, size=5)]).astype(np.int64)
     # days since the epoch around 2026: items added over the last year, lists made today
     today = 20_500.0
@@ -90,6 +98,7 @@ def ranker_inputs(
         "query_ids": query_ids,
         "query_table": query_table,
         "extra_items": extra_items,
+        "extra_bias": extra_bias,
         "blocked_ids": blocked_ids,
         "item_added": item_added,
         "user_days": user_days,
@@ -118,43 +127,61 @@ def check_ranker(
     session = _session(onnx_path)
     half = _session(fp16_path) if fp16_path is not None else None
     problems: list[str] = []
-    worst, identical, strict, overlap = 0.0, [], [], []
+    worst, worst_mass, worst_half_mass, identical, strict, overlap = 0.0, 0.0, 0.0, [], [], []
     for seed, (batch, extra) in enumerate(cases):
         inputs = ranker_inputs(model, batch, extra=extra, seed=seed)
         case = f"batch {batch}, {extra} extra items"
         with torch.no_grad():
             expected = [t.numpy() for t in model(*(torch.from_numpy(v) for v in inputs.values()))]
-        scores, indices = session.run(["scores", "indices"], inputs)
+        scores, indices, mass = session.run(["scores", "indices", "extra_mass"], inputs)
         diff = float(np.abs(scores - expected[0]).max())
         worst = max(worst, diff)
         if diff > SCORE_TOLERANCE:
             problems.append(f"fp32 {case}: max |score diff| {diff:.2e} > {SCORE_TOLERANCE}")
+        mass_diff = _mass_error(mass, expected[2])
+        worst_mass = max(worst_mass, mass_diff)
+        if mass_diff > MASS_TOLERANCE:
+            problems.append(f"fp32 {case}: extra items' probability mass off by {mass_diff:.2e}")
         strict.append(float((indices[:, :10] == expected[1][:, :10]).all(axis=1).mean()))
-        same = _identical_up_to_ties(indices[:, :10], *expected)
+        same = _identical_up_to_ties(indices[:, :10], expected[0], expected[1])
         identical.append(same)
         if same < TOP10_IDENTICAL:
             problems.append(f"fp32 {case}: top-10 identical for {same:.2%} of users")
         if np.isin(indices, inputs["blocked_ids"][1:]).any():
             problems.append(f"fp32 {case}: a blocked item was ranked")
         if half is not None:
-            _, half_indices = half.run(["scores", "indices"], inputs)
+            _, half_indices, half_mass = half.run(["scores", "indices", "extra_mass"], inputs)
             overlap.append((topk_overlap(expected[1][:, :10], half_indices[:, :10]), batch))
+            worst_half_mass = max(worst_half_mass, _mass_error(half_mass, expected[2]))
     # fp16 over every user of every case: one swap in a batch of one is 0.9 on its own
     pooled = sum(share * n for share, n in overlap) / max(1, sum(n for _, n in overlap))
     if overlap and pooled < FP16_TOP10_OVERLAP:
         problems.append(f"fp16: mean top-10 overlap {pooled:.4f} over every case's users")
+    if worst_half_mass > FP16_MASS_TOLERANCE:
+        problems.append(f"fp16: extra items' probability mass off by {worst_half_mass:.2e}")
     if problems:
         raise ModelExportError("ONNX ranker parity failed:\n  " + "\n  ".join(problems))
     report: dict[str, Any] = {
         "cases": [list(c) for c in cases],
         "max_abs_score_diff": worst,
+        "max_extra_mass_error": worst_mass,
         "top10_identical": min(identical),
         "top10_identical_strict": min(strict),
     }
     if overlap:
         report["fp16_top10_overlap"] = pooled
         report["fp16_top10_overlap_by_case"] = [share for share, _ in overlap]
+        report["fp16_max_extra_mass_error"] = worst_half_mass
     return report
+
+
+def _mass_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest difference of two ``extra_mass`` outputs, relative to their sum where over 1."""
+    if got.shape != expected.shape:
+        return float("inf")
+    if not len(expected):
+        return 0.0
+    return float(np.abs(got - expected).max() / max(1.0, float(expected.sum())))
 
 
 def _identical_up_to_ties(

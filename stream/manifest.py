@@ -8,10 +8,13 @@ tokenizer (``tokenizer.json``) and optionally its int8 variant for CPUs
 for items whose text changes after export and, in row 0, for new items), and
 ``manifest.json`` naming each file with its sha256 and each trained item with its text.
 
-Format 3 (features ``streamrec.history/4``) serves a living catalogue: the ranker takes the
-vectors of items added after export (``extra_items``) and the items no list may hold
-(``blocked_ids``) as inputs. Directories of format 2 baked the item set into the graph and
-are refused with a message to re-export.
+Format 4 (features ``streamrec.history/5``) serves a living catalogue: the ranker takes the
+vectors of items added after export (``extra_items``), a score bias for each of them learnt
+from their clicks (``extra_bias``, :mod:`stream.feedback`) and the items no list may hold
+(``blocked_ids``) as inputs, and returns with the lists each extra item's probability summed
+over the batch (``extra_mass``), what the bias is fit against. Directories of format 3 (no
+click feedback) and 2 (the item set baked into the graph) are refused with a message to
+re-export.
 ``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
 it with :func:`load_manifest`, which refuses a directory whose format, feature set or file
 hashes do not match.
@@ -28,10 +31,10 @@ import orjson
 
 from stream.errors import ModelLoadError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_FILE = "manifest.json"
 #: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
-FEATURES = "streamrec.history/4"
+FEATURES = "streamrec.history/5"
 #: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
 PAD_INDEX = 0
 #: Milliseconds in a day: times reach the ranker in days since the epoch (item age).
@@ -49,20 +52,24 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-#: Inputs and outputs a ``streamrec.history/4`` ranker must have. ``query_table`` holds the
+#: Inputs and outputs a ``streamrec.history/5`` ranker must have. ``query_table`` holds the
 #: query encoder outputs of a batch's distinct search queries (row 0 zeros); ``query_ids``
 #: names, for each search event in the history, its row (0 elsewhere). ``extra_items`` are
 #: the vectors of items ``len(items) + 1`` onwards (items the model was not exported with;
-#: zero rows allowed); ``blocked_ids`` are indices no user's list may hold (at least one
+#: zero rows allowed) and ``extra_bias`` what each one's clicks add to its score;
+#: ``blocked_ids`` are indices no user's list may hold (at least one
 #: entry: 0, padding, when nothing is blocked); ``item_added`` says when each item (padding,
 #: trained, extra) was added and ``user_days`` when each user's list is made, in days since
-#: the epoch (the item-age terms); ``exclude_ids`` are per user.
+#: the epoch (the item-age terms); ``exclude_ids`` are per user. ``extra_mass`` is each extra
+#: item's softmax probability (before its bias; excluded and blocked items have none)
+#: summed over the batch's users.
 RANKER_INPUTS = (
     TensorSpec("item_ids", "int64", ("batch", "history")),
     TensorSpec("event_types", "int64", ("batch", "history")),
     TensorSpec("query_ids", "int64", ("batch", "history")),
     TensorSpec("query_table", "float32", ("queries", "query_dim")),
     TensorSpec("extra_items", "float32", ("extra", "query_dim")),
+    TensorSpec("extra_bias", "float32", ("extra",)),
     TensorSpec("blocked_ids", "int64", ("blocked",)),
     TensorSpec("item_added", "float32", ("items",)),
     TensorSpec("user_days", "float32", ("batch",)),
@@ -71,6 +78,7 @@ RANKER_INPUTS = (
 RANKER_OUTPUTS = (
     TensorSpec("scores", "float32", ("batch", "max_k")),
     TensorSpec("indices", "int64", ("batch", "max_k")),
+    TensorSpec("extra_mass", "float32", ("extra",)),
 )
 #: The query encoder: token ids of padded queries in, rows for ``query_table`` out.
 QUERY_INPUTS = (
@@ -188,7 +196,8 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
         found = body.get("format_version") if isinstance(body, dict) else type(body).__name__
         msg = (
             f"{path}: format_version {found!r} is not supported (this streamrec reads "
-            f"{FORMAT_VERSION}, whose ranker takes the live catalogue's items as inputs); "
+            f"{FORMAT_VERSION}, whose ranker takes the live catalogue's items and their click "
+            "feedback as inputs); "
             "re-export the model with this version of model_export: `make model`, or "
             f"python -m model_export export --checkpoint CHECKPOINT --out {model_dir}"
         )

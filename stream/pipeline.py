@@ -292,8 +292,14 @@ class ScoringPipeline(Service):
         await self.batcher.add(user_id, context, trigger, ack, origin)
 
     def attribute(self, event: Event) -> None:
-        """Count a new click or purchase for the arm of its user's latest list, if it earned it."""
+        """Count a new click or purchase for the arm of its user's latest list, if it earned it.
+
+        A click also counts for every model's new-item feedback (:mod:`stream.feedback`).
+        """
         self.attribution.observe(self.latest_lists.get(event.user_id), event)
+        for model in self.models:
+            if model.scorer is not None:
+                model.scorer.observe(event)
 
     def _write_latest(self, latest: list[tuple[str, bytes, Any]]) -> None:
         try:

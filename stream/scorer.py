@@ -4,7 +4,9 @@ No Faust here: the worker and the replay tool share this code. :meth:`Scorer.sco
 blocking and thread-safe; the worker calls it from an executor, never on the event loop.
 The items scored are the scorer's current :class:`~stream.catalogue.ItemSet`:
 :meth:`Scorer.follow` builds a new one from the live catalogue (embedding new texts with the
-item tower) and swaps it in; each batch keeps the one it started with.
+item tower) and swaps it in; each batch keeps the one it started with. Items added after
+export get a score bias from their clicks (:mod:`stream.feedback`): :meth:`Scorer.observe`
+counts each click, :meth:`Scorer.score` each list.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from stream.catalogue import Catalogue, ItemSet, build_item_set, days
 from stream.context import UserContext
 from stream.diversity import load_item_vectors, rerank, unit_rows
 from stream.errors import ModelLoadError
+from stream.feedback import ItemFeedback
 from stream.manifest import (
     EVENT_TYPE_IDS,
     ITEM_ID_VECTORS,
@@ -37,6 +40,7 @@ from stream.manifest import (
     load_manifest,
 )
 from stream.queries import QueryEncoder, load_tokenizer
+from stream.records import Event
 from stream.settings import ExcludePolicy, Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ OUTPUT_NAMES = tuple(spec.name for spec in RANKER_OUTPUTS)
 MASKED_SCORE = -1e4
 #: Texts embedded per item tower call when the catalogue changes.
 EMBED_BATCH = 256
+#: A week, in ms: the default half-life of new items' click feedback.
+WEEK_MS = 7 * 86_400_000
 #: Ranker inputs copied to the device once per item set rather than per batch.
 DEVICE_RESIDENT = ("extra_items", "blocked_ids", "item_added")
 
@@ -124,6 +130,9 @@ class Scorer:
         query_precision: str = "auto",
         diversity: float = 0.0,
         io_binding: bool | None = None,
+        new_item_feedback: bool = True,
+        new_item_prior_clicks: float = 1.0,
+        new_item_half_life_ms: float = WEEK_MS,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(model_dir)
         if top_k > self.manifest.max_k:
@@ -146,6 +155,13 @@ class Scorer:
             self.manifest.items, self.manifest.item_added_ms, self.manifest.query_dim
         )
         self._unit_extra: tuple[ItemSet, np.ndarray] | None = None
+        #: Click feedback of the items added after export (``None``: off).
+        self.feedback = (
+            ItemFeedback(new_item_prior_clicks, new_item_half_life_ms)
+            if new_item_feedback
+            else None
+        )
+        self._feedback_slots: tuple[ItemSet, np.ndarray] | None = None
         self._on_device: tuple[list[np.ndarray], dict[str, Any]] | None = None
         self._history = self.manifest.history_length
         providers = choose_providers(provider)
@@ -208,6 +224,9 @@ class Scorer:
             query_cache_size=settings.query_cache_size,
             query_precision=settings.query_precision,
             diversity=settings.diversity,
+            new_item_feedback=settings.new_item_feedback,
+            new_item_prior_clicks=settings.new_item_prior_clicks,
+            new_item_half_life_ms=settings.new_item_half_life_s * 1000,
         )
 
     def _file(self, model_dir: str | Path, role: str) -> Path:
@@ -289,23 +308,27 @@ class Scorer:
             "query_ids": query_ids,
             "query_table": query_table,
             "extra_items": items.extra,
+            "extra_bias": self._extra_bias(items),
             "blocked_ids": items.blocked,
             "item_added": items.added_days,
             "user_days": days([ctx.events[-1].ts if ctx.events else 0 for ctx in contexts]),
             "exclude_ids": exclude_ids,
         }
 
-    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Run the ranker on prepared inputs; returns (scores, indices), best first.
+    def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the ranker on prepared inputs: (scores, indices, extra items' probability mass).
+
+        Lists are best first; the mass is each extra item's probability summed over the batch.
 
         On CUDA the inputs and outputs go through an IO binding: one host-to-device copy
         per input, the outputs stay on the device until the top-k lists are copied back,
         and ORT allocates no intermediate host buffers. The extra items, blocked ids and
-        items' added times are copied once per item set, not per batch.
+        items' added times are copied once per item set, not per batch (the extra items'
+        biases change with every click: they go with each batch).
         """
         if not self.io_binding:
-            scores, indices = self.session.run(list(OUTPUT_NAMES), inputs)
-            return scores, indices
+            scores, indices, mass = self.session.run(list(OUTPUT_NAMES), inputs)
+            return scores, indices, mass
         binding = self.session.io_binding()  # one per call: scoring threads run concurrently
         for name, value in self._device_items(inputs).items():
             binding.bind_ortvalue_input(name, value)
@@ -315,8 +338,8 @@ class Scorer:
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
-        scores, indices = binding.copy_outputs_to_cpu()
-        return scores, indices
+        scores, indices, mass = binding.copy_outputs_to_cpu()
+        return scores, indices, mass
 
     def _device_items(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         """Device copies of an item set's arrays, made once and kept while it is current."""
@@ -346,12 +369,36 @@ class Scorer:
             lists.append(ranked[: self.top_k])
         return lists
 
+    def observe(self, event: Event) -> None:
+        """Count a click for the click feedback of items added after export."""
+        if self.feedback is not None and event.type == "click":
+            tracked = self.items.item_index(event.item_id) > len(self.manifest.items)
+            self.feedback.observe_click(event.item_id, event.ts, tracked=tracked)
+
+    def _slots(self, items: ItemSet) -> np.ndarray:
+        """The feedback slots of ``items``' extra items, looked up once per item set."""
+        assert self.feedback is not None
+        cached = self._feedback_slots
+        if cached is None or cached[0] is not items:
+            extra_ids = items.ids[len(self.manifest.items) + 1 :]
+            cached = self._feedback_slots = (items, self.feedback.slots(extra_ids))
+        return cached[1]
+
+    def _extra_bias(self, items: ItemSet) -> np.ndarray:
+        """Each extra item's click-feedback bias now (zeros with feedback off)."""
+        if self.feedback is None or not items.num_extra:
+            return np.zeros(items.num_extra, dtype=np.float32)
+        return self.feedback.bias(self._slots(items))
+
     def score(self, contexts: Sequence[UserContext]) -> list[RankedList]:
         """Rank items for each context (blocking; call from an executor in async code)."""
         if not contexts:
             return []
         items = self.items  # the item set this batch is scored over, start to end
-        scores, indices = self.run(self.encode(contexts, items))
+        scores, indices, mass = self.run(self.encode(contexts, items))
+        if self.feedback is not None and items.num_extra:
+            newest = max((ctx.events[-1].ts for ctx in contexts if ctx.events), default=0)
+            self.feedback.record_lists(self._slots(items), mass, len(contexts), newest)
         if self.item_vectors is not None:
             valid = (scores > MASKED_SCORE) & (indices != PAD_INDEX)
             scores, indices = rerank(

@@ -180,6 +180,22 @@ class Settings(EnvSettings):
         "Diversity re-ranking weight λ in [0, 1] (maximal marginal relevance over the model's "
         "item vectors); 0 is off, higher trades relevance for variety within a list.",
     )
+    new_item_feedback: bool = setting(
+        True,
+        "Items added to the catalogue after the model's export get a score bias fit from "
+        "their clicks: log((clicks + a) / (clicks the model expected + a)). See "
+        "docs/model.md#click-feedback-for-new-items.",
+    )
+    new_item_prior_clicks: float = setting(
+        1.0,
+        "Pseudo-clicks `a` of the new-item feedback: how many clicks it takes before an "
+        "item's own clicks outweigh the model's score for it.",
+    )
+    new_item_half_life_s: float = setting(
+        604800.0,
+        "Half-life (event time) of the clicks and expected clicks behind the new-item "
+        "feedback; 0 keeps them forever.",
+    )
     exclude: ExcludePolicy = setting(
         "purchased",
         "Items kept out of a user's list: those purchased, or every item the user met "
@@ -256,16 +272,21 @@ class Settings(EnvSettings):
             if getattr(self, name) < 1:
                 msg = f"{PREFIX}{name.upper()} must be >= 1, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
-        for name in ("batch_max_wait_ms", "session_timeout_s", "commit_interval_s"):
+        strictly_positive = (
+            "batch_max_wait_ms",
+            "session_timeout_s",
+            "commit_interval_s",
+            "attribution_window_s",
+            "new_item_prior_clicks",
+        )
+        for name in strictly_positive:
             if getattr(self, name) <= 0:
                 msg = f"{PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
-        if self.attribution_window_s <= 0:
-            msg = f"STREAMREC_ATTRIBUTION_WINDOW_S must be > 0, got {self.attribution_window_s!r}"
-            raise ConfigError(msg)
-        if self.model_reload_s < 0:
-            msg = f"STREAMREC_MODEL_RELOAD_S must be >= 0, got {self.model_reload_s!r}"
-            raise ConfigError(msg)
+        for name in ("model_reload_s", "new_item_half_life_s"):
+            if getattr(self, name) < 0:
+                msg = f"{PREFIX}{name.upper()} must be >= 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
         if not 0.0 <= self.diversity <= 1.0:
             msg = f"STREAMREC_DIVERSITY must be between 0 and 1, got {self.diversity!r}"
             raise ConfigError(msg)

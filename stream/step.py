@@ -13,7 +13,8 @@ before the batch is scored, so before any of its events is acknowledged.
 
 A new click or purchase is checked against the user's latest published list
 (:mod:`stream.attribution`): if it acts on an item of that list in time, it counts for the
-list's arm.
+list's arm. A new click also counts for the click feedback of items added after the model's
+export (:mod:`stream.feedback`).
 
 No Faust here: the agent (:mod:`stream.agents`) passes its changelog-backed table and its
 topic sends, the replay (:mod:`stream.tools.replay`) a :class:`MemoryStore` and in-memory

@@ -2,7 +2,8 @@
 
 1. **Cut.** The time by which ``--cut-share`` (default 70%) of the log's ratings have
    happened. Everything before it is the past; nothing after it is used for training,
-   tuning or fitting a baseline.
+   tuning or fitting a baseline (the online methods learn from each click once the lists
+   made before it are scored, as in the worker).
 2. **Train** the model, and the ablation without the language model (``model_no_text``), on
    the past only, over the items seen in the past (``model_export`` with its default
    configuration), and export both (parity-checked) under ``--work``.
@@ -12,6 +13,8 @@
    record is published at its first appearance in the log (items of the past at the start),
    as a shop would add it; each click on a catalogue item after the cut is scored against
    the list built from the user's events before it, with the catalogue as of that moment.
+   The models learn online what the worker learns: each click counts for the click feedback
+   of items added after export (:mod:`stream.feedback`) once the lists before it are made.
 4. **Baselines** through the same replay, same exclusions: ``popular_recent`` (most clicked
    over the last ``--popular-days`` days, updated online from the stream: a list counts
    clicks before it only, never its own target, at most :data:`MAX_STALE_MS` stale), ``itemknn``
@@ -312,8 +315,14 @@ def replay_future(
             out.scored.extend(targets)
             pending.clear()
         for seen in uncounted:
-            popular.observe(seen)
+            count(seen)
         uncounted.clear()
+
+    def count(event: Event) -> None:
+        """What the online methods learn from a click once the lists before it are made."""
+        popular.observe(event)
+        for scorer in scorers.values():
+            scorer.observe(event)  # the models' new-item click feedback, as in the worker
 
     for event in sorted(events, key=lambda e: e.ts):
         item = event.item_id
@@ -335,7 +344,7 @@ def replay_future(
         if pending:
             uncounted.append(event)
         else:
-            popular.observe(event)
+            count(event)
     flush()
     return out
 
@@ -483,9 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scored": f"{len(replay.scored)} clicks after the cut; "
         f"{replay.published_after_cut} items first seen after it",
         "popular_recent": f"clicks of the last {args.popular_days:g} days, updated online",
+        "model, model_no_text": "trained before the cut; items first seen after it get the "
+        "worker's click feedback, counted online from the stream (a list sees the clicks "
+        "before it only)",
         "itemknn": "co-occurrence of the clicks before the cut (not updated)",
         "text_frozen": "pretrained all-MiniLM-L6-v2, no fine-tuning; recent items' texts",
-        "nothing after the cut": "was used to train, tune or fit any method",
+        "nothing after the cut": "was used to train, tune or fit any method before the "
+        "replay; the online methods (popular_recent, the models' click feedback) learn from "
+        "each click once the lists made before it are scored",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

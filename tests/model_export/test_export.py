@@ -24,7 +24,7 @@ def test_exported_graphs_follow_the_contract(tiny_model_dir):
     manifest = load_manifest(tiny_model_dir)
     ranker = onnx.load(str(manifest.path(tiny_model_dir, "ranker"))).graph
     assert [i.name for i in ranker.input] == [s.name for s in RANKER_INPUTS]
-    assert [o.name for o in ranker.output] == ["scores", "indices"]
+    assert [o.name for o in ranker.output] == ["scores", "indices", "extra_mass"]
     assert ranker.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     encoder = onnx.load(str(manifest.path(tiny_model_dir, "query_encoder"))).graph
     dims = [d.dim_param for d in encoder.input[0].type.tensor_type.shape.dim]
@@ -32,6 +32,7 @@ def test_exported_graphs_follow_the_contract(tiny_model_dir):
     assert manifest.opset == OPSET and "exclude_ids" in dynamic_axes(*RANKER_INPUTS)
     parity = manifest.training["parity"]
     assert parity["ranker"]["max_abs_score_diff"] <= 1e-4
+    assert parity["ranker"]["max_extra_mass_error"] <= 1e-5
     assert parity["ranker"]["top10_identical"] >= 0.999
     assert parity["ranker"]["fp16_top10_overlap"] >= 0.99
     assert parity["query_encoder"]["max_abs_vector_diff"] <= 1e-4
@@ -78,12 +79,12 @@ def test_an_empty_history_scores_finite_values():
     zeros = torch.zeros(1, 6, dtype=torch.int64)
     no_queries = torch.zeros(1, 8)
     none = torch.zeros(1, dtype=torch.int64)
-    no_items = torch.zeros(0, 8)
+    no_items, no_bias = torch.zeros(0, 8), torch.zeros(0)
     added, today = torch.zeros(31), torch.zeros(1)
-    scores, _ = ranker(
-        zeros, zeros, zeros, no_queries, no_items, none, added, today, none.unsqueeze(0)
+    scores, _, mass = ranker(
+        zeros, zeros, zeros, no_queries, no_items, no_bias, none, added, today, none.unsqueeze(0)
     )
-    assert torch.isfinite(scores).all()
+    assert torch.isfinite(scores).all() and mass.shape == (0,)
 
 
 def test_new_items_gain_what_the_age_terms_learned_and_future_ones_gain_nothing(tmp_path):
@@ -127,12 +128,32 @@ def test_extra_items_rank_and_blocked_items_never_do(tmp_path):
     _, blocked = session.run(["scores", "indices"], inputs)
     assert favourite not in blocked  # for every user, not only the one whose top it was
     inputs["extra_items"] = np.zeros((0, 8), dtype=np.float32)
+    inputs["extra_bias"] = np.zeros(0, dtype=np.float32)
     inputs["item_added"] = inputs["item_added"][:31]
     inputs["item_ids"] = np.minimum(inputs["item_ids"], 30)
     inputs["exclude_ids"] = np.minimum(inputs["exclude_ids"], 30)
     inputs["blocked_ids"] = np.minimum(inputs["blocked_ids"], 30)  # an extra favourite: 30
     _, without = session.run(["scores", "indices"], inputs)
     assert without.max() <= 30 and min(favourite, 30) not in without
+
+
+def test_an_extra_items_bias_moves_it_and_its_mass_is_counted_before_the_bias(tmp_path):
+    ranker = small_ranker()
+    session = ort.InferenceSession(str(export_ranker(ranker, tmp_path / "r.onnx")))
+    inputs = ranker_inputs(ranker, 64, extra=5)
+    inputs["blocked_ids"] = np.array([0], dtype=np.int64)
+    inputs["extra_bias"] = np.zeros(5, dtype=np.float32)
+    scores, indices, mass = session.run(None, inputs)
+    excluded = (inputs["exclude_ids"] == 31).any(axis=1)  # users who may not get item 31
+    assert mass.shape == (5,) and (mass > 0).all() and mass.sum() < 64
+    inputs["extra_bias"][0] = 50.0  # clicked far beyond what the model expected
+    lifted_scores, lifted, lifted_mass = session.run(None, inputs)
+    assert (lifted[~excluded, 0] == 31).all() and (lifted[excluded] != 31).all()
+    np.testing.assert_allclose(lifted_mass, mass, rtol=1e-6)  # the mass ignores the bias
+    inputs["extra_bias"][0] = -50.0  # never clicked although expected: sinks below the rest
+    _, sunk, _ = session.run(None, inputs)
+    assert (sunk[:, :9] != 31).all()
+    assert (lifted_scores > -1e4).sum() == (scores > -1e4).sum()  # masked items stay masked
 
 
 def test_top10_identity_allows_swaps_within_a_tie_only():

@@ -31,11 +31,13 @@ def test_a_written_directory_loads(tiny_model_dir):
         "query_ids",
         "query_table",
         "extra_items",
+        "extra_bias",
         "blocked_ids",
         "item_added",
         "user_days",
         "exclude_ids",
     ]
+    assert [s.name for s in manifest.outputs] == ["scores", "indices", "extra_mass"]
     assert len(manifest.item_texts) == len(manifest.items) == len(manifest.item_added_ms)
     assert min(manifest.item_added_ms) >= 874_724_710_000  # MovieLens' first rating (ms)
     assert manifest.item_texts[0].startswith("Toy Story (1995) | ")
@@ -58,6 +60,13 @@ def test_a_directory_from_before_the_live_catalogue_is_refused_saying_how_to_re_
     with pytest.raises(ModelLoadError, match="format_version 2 is not supported") as refused:
         load_manifest(model_copy)
     assert "live catalogue" in str(refused.value)
+
+
+def test_a_directory_from_before_click_feedback_is_refused_saying_how_to_re_export(model_copy):
+    edit_manifest(model_copy, format_version=3, features="streamrec.history/4")
+    with pytest.raises(ModelLoadError, match="format_version 3 is not supported") as refused:
+        load_manifest(model_copy)
+    assert "click feedback" in str(refused.value) and "make model" in str(refused.value)
     assert "python -m model_export export --checkpoint" in str(refused.value)
 
 

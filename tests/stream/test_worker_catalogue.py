@@ -1,7 +1,8 @@
 """The worker follows the catalogue topic live (embedded broker, tiny exported model).
 
 Every trained item but a few is made unavailable, so which items may appear in a list is
-known exactly; a new item, removals, a text change and a restart then change that set.
+known exactly; a new item (and its users' clicks), removals, a text change and a restart then
+change that set.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def search(n: int, query: str) -> Event:
     return Event(f"q{n}", "shopper", "search", int(time.time() * 1000), query=query)
 
 
+def fan(n: int, item: str) -> Event:
+    return Event(f"f{n}", f"fan-{n}", "click", int(time.time() * 1000), item_id=item)
+
+
 def items_of(rec: Recommendation) -> list[str]:
     return [item for item, _ in rec.items]
 
@@ -56,7 +61,7 @@ def items_of(rec: Recommendation) -> list[str]:
 def test_new_changed_removed_items_and_a_restart(worker_factory: WorkerFactory, tiny_model_dir):
     trained = load_manifest(tiny_model_dir).items
     kept = list(trained[:KEPT])
-    worker = worker_factory(top_k=20)
+    worker = worker_factory(top_k=20, exclude="seen")
     s = worker.settings
     off = [CatalogueRecord(i, "gone", ts=1, available=False).to_message() for i in trained[KEPT:]]
     produce(s.bootstrap_servers, s.catalogue_topic, off)
@@ -73,6 +78,18 @@ def test_new_changed_removed_items_and_a_restart(worker_factory: WorkerFactory, 
     assert set(items_of(list_for(worker, search(1, "Galactic Harvest")))) == {*kept, "new-1"}
     freshness = worker.stats()["summaries"]["catalogue_freshness_ms"]
     assert freshness["count"] == 1  # from the record's ts to the item set holding it
+
+    # its users' clicks lift it (click feedback): the same context, a higher score for it
+    first = dict(list_for(worker, fan(0, kept[1])).items)
+    hits = [fan(n, "new-1") for n in range(1, 16)]
+    produce_events(s.bootstrap_servers, s.events_topic, hits)
+    consume_until(
+        s.bootstrap_servers,
+        [s.recommendations_topic],
+        lambda r: {e.event_id for e in hits} <= set(lists_by_trigger(r[s.recommendations_topic])),
+    )
+    later = dict(list_for(worker, fan(16, kept[1])).items)
+    assert later["new-1"] - later[kept[2]] > first["new-1"] - first[kept[2]] + 1.0
 
     # removal (null value) and unavailability take effect for the next list
     produce(
