@@ -41,6 +41,8 @@ CLICK = EVENT_TYPE_IDS["click"]
 TEXT_DIM = 384  # MiniLM-L6's sentence embedding size
 #: Time scales (days) of the item-age terms.
 AGE_SCALES_DAYS = (3.0, 14.0, 60.0)
+#: Users of a batch whose probabilities make the extra items' mass (scaled to the batch).
+MASS_ROWS = 32
 #: An item added more than this long after a list's time has no age term in it (served as
 #: it was before the age terms existed) and, in training, is masked (the shop lacked it).
 RELEASE_SLACK_DAYS = 1.0
@@ -306,7 +308,9 @@ class SequenceRanker(nn.Module):
         each item (all of them, padding first) was added and ``user_days`` ``[batch]`` when
         each list is made, both in days since the epoch. The third output ``[extra]`` is each
         extra item's softmax probability before its bias, masked items none, summed over the
-        batch: what the feedback compares the items' clicks with.
+        batch: what the feedback compares the items' clicks with. It is summed over the first
+        :data:`MASS_ROWS` users and scaled to the batch (exact up to that many), so its cost
+        does not grow with the batch.
         """
         query_vecs = query_table[query_ids]
         scores = self.logits(item_ids, event_types, query_vecs, extra_items, user_days, item_added)
@@ -315,10 +319,13 @@ class SequenceRanker(nn.Module):
         scores = scores.scatter(1, masked, torch.full(masked.shape, MASK_SCORE, dtype=scores.dtype))
         listed = scores > MASK_SCORE
         trained = self.config.num_items + 1
-        wide = scores.float()  # fp32 whatever the model's precision: a sum of probabilities
-        log_total = torch.logsumexp(wide, dim=1, keepdim=True)
-        probability = torch.exp(wide[:, trained:] - log_total) * listed[:, trained:]
-        mass = probability.sum(dim=0)
+        # fp32 whatever the model's precision: a sum of probabilities, over the first rows
+        sample = scores[:MASS_ROWS].float()
+        log_total = torch.logsumexp(sample, dim=1, keepdim=True)
+        probability = torch.exp(sample[:, trained:] - log_total) * listed[:MASS_ROWS, trained:]
+        # scaled to the whole batch; shapes as tensors, so the graph keeps the batch dynamic
+        scale = torch.ones_like(scores[:, :1]).float().sum() / torch.ones_like(sample[:, :1]).sum()
+        mass = probability.sum(dim=0) * scale
         bias = torch.cat([torch.zeros(trained, dtype=scores.dtype), extra_bias.to(scores.dtype)])
         scores = torch.where(listed, scores + bias, scores)
         top, indices = torch.topk(scores, self.config.max_k, dim=1)

@@ -62,7 +62,7 @@ class TensorSpec:
 #: trained, extra) was added and ``user_days`` when each user's list is made, in days since
 #: the epoch (the item-age terms); ``exclude_ids`` are per user. ``extra_mass`` is each extra
 #: item's softmax probability (before its bias; excluded and blocked items have none)
-#: summed over the batch's users.
+#: summed over the batch's first 32 users and scaled to the batch.
 RANKER_INPUTS = (
     TensorSpec("item_ids", "int64", ("batch", "history")),
     TensorSpec("event_types", "int64", ("batch", "history")),

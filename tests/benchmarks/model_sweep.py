@@ -63,8 +63,8 @@ def with_ranker(scorer: Scorer, settings: Settings, role: str, providers: list[s
 def parity(reference: Scorer, candidate: Scorer, contexts: list) -> dict[str, float]:
     """The candidate's scores and top-10s against the reference's on the same users."""
     inputs = reference.encode(contexts)
-    ref_scores, ref_indices = reference.run(inputs)
-    scores, indices = candidate.run(inputs)
+    ref_scores, ref_indices, _ = reference.run(inputs)
+    scores, indices, _ = candidate.run(inputs)
     top = ref_scores[:, :TOP]
     return {
         "max_abs_top10_score_diff": float(np.abs(scores[:, :TOP] - top).max()),

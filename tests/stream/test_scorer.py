@@ -207,8 +207,8 @@ def test_the_fp16_ranker_on_cuda_agrees_with_cpu(model_for_gpu):
     contexts = [
         context_of(click(i, str(1 + i % 50)), click(i + 1, str(100 + i))) for i in range(64)
     ]
-    _, cpu_top = cpu.run(cpu.encode(contexts))
-    _, gpu_top = gpu.run(gpu.encode(contexts))
+    _, cpu_top, _ = cpu.run(cpu.encode(contexts))
+    _, gpu_top, _ = gpu.run(gpu.encode(contexts))
     overlap = topk_overlap(cpu_top[:, :10], gpu_top[:, :10])
     assert overlap >= 0.95, overlap
 

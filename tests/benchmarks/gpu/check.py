@@ -65,8 +65,8 @@ def main(model_dir: str, out: str) -> None:
             )
     gpu.items = trained
     figures["catalogue_scaling"] = rows
-    _, on_gpu = gpu.run(gpu.encode(users))
-    _, on_cpu = cpu.run(cpu.encode(users))
+    _, on_gpu, _ = gpu.run(gpu.encode(users))
+    _, on_cpu, _ = cpu.run(cpu.encode(users))
     figures["top10_overlap_cpu_vs_gpu"] = float(
         np.mean(
             [
