@@ -2,8 +2,8 @@
 
 An item added to the catalogue after export has no id vector of its own: the model scores
 it by its text (the item tower) alone, and cannot know that the shop's users are clicking
-it. Every scorer therefore keeps, for each of its extra items (items the model was not
-trained on):
+it. Every scorer therefore keeps, for each of its extra items (added after export, or
+re-embedded after a text change):
 
 - ``o``, the clicks on it seen so far, and
 - ``e``, the clicks the model expected it to get: over every list the scorer made, the
@@ -15,9 +15,9 @@ Both decay with a half-life in event time. The item's bias, added to its score, 
 ``log((o + a) / (e + a))``: the maximum-likelihood correction of a softmax score from its
 clicks (``o = e · exp(bias)``), shrunk toward no correction by ``a`` pseudo-clicks. An item
 clicked as often as the model expected keeps its score; a new release the users click far
-more than its text suggests rises with the evidence, click by click; one nobody clicks sinks
-a little. Items the model trained on get no bias: their id vectors already hold what their
-clicks said.
+more than its text suggests rises with the evidence, click by click; one nobody clicks though
+the model expected it sinks. Items the model trained on get no bias: their id vectors
+already hold what their clicks said.
 
 The counts are prequential: a list is made with the bias of the clicks before it, and its own
 probabilities are counted after it. They live in the scorer's memory (a restarted worker or a
