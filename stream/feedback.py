@@ -89,7 +89,7 @@ class ItemFeedback:
         if self._origin is None:
             self._origin = self.now
         if (self.now - self._origin) / self.half_life_ms > RESCALE_HALF_LIVES:
-            shrink = 2.0 ** (-(self.now - self._origin) / self.half_life_ms)
+            shrink = self._scale()
             self._observed *= shrink
             self._expected *= shrink
             self._clicks *= shrink
@@ -124,23 +124,21 @@ class ItemFeedback:
             self._lists += weight * lists
             self._expected[slots] += weight * probability
 
+    def _decayed(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Observed and expected clicks of ``slots`` now (call under the lock)."""
+        scale = self._scale()
+        per_list = self._clicks / self._lists if self._lists > 0 else 1.0
+        return self._observed[slots] * scale, self._expected[slots] * scale * per_list
+
     def bias(self, slots: np.ndarray) -> np.ndarray:
         """The score bias of the items in ``slots`` now (float32)."""
         with self._lock:
-            scale = self._scale()
-            per_list = self._clicks / self._lists if self._lists > 0 else 1.0
-            observed = self._observed[slots] * scale
-            expected = self._expected[slots] * scale * per_list
+            observed, expected = self._decayed(slots)
         a = self.prior_clicks
         return np.log((observed + a) / (expected + a)).astype(np.float32)
 
     def counts(self, item_id: str) -> tuple[float, float]:
         """(observed, expected) clicks of one item now, decayed (for logs and tests)."""
         with self._lock:
-            slot = self._slots([item_id])
-            scale = self._scale()
-            per_list = self._clicks / self._lists if self._lists > 0 else 1.0
-            return (
-                float(self._observed[slot][0] * scale),
-                float(self._expected[slot][0] * scale * per_list),
-            )
+            observed, expected = self._decayed(self._slots([item_id]))
+        return float(observed[0]), float(expected[0])

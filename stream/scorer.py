@@ -26,6 +26,7 @@ from stream.diversity import load_item_vectors, rerank, unit_rows
 from stream.errors import ModelLoadError
 from stream.feedback import ItemFeedback
 from stream.manifest import (
+    DAY_MS,
     EVENT_TYPE_IDS,
     ITEM_ID_VECTORS,
     ITEM_VECTORS,
@@ -54,7 +55,7 @@ MASKED_SCORE = -1e4
 #: Texts embedded per item tower call when the catalogue changes.
 EMBED_BATCH = 256
 #: A week, in ms: the default half-life of new items' click feedback.
-WEEK_MS = 7 * 86_400_000
+WEEK_MS = 7 * DAY_MS
 #: Ranker inputs copied to the device once per item set rather than per batch.
 DEVICE_RESIDENT = ("extra_items", "blocked_ids", "item_added")
 
