@@ -32,7 +32,7 @@ data: $(DATA_STAMP)
 model: $(DATA_STAMP)
 	$(BIN)/python -m model_export build --out $(MODEL_DIR)
 
-# Model, ablation and baselines on the test split over three seeds (about 12 minutes);
+# Model, ablation and baselines on the test split over three seeds (about 30 minutes on 2 cores);
 # writes reports/evaluation.md and reports/evaluation.json (reports/ is an ignored output folder).
 evaluate: $(DATA_STAMP)
 	$(BIN)/python -m model_export evaluate --report reports/evaluation.md

@@ -4,8 +4,10 @@
    item with the item clicked next, and each item's synthetic query (its text up to the
    first ``" | "``, e.g. the title) with the item.
 2. **Ranker** (:mod:`model_export.model`): every training event predicts the user's next
-   click; full softmax over the catalogue (cross-entropy), AdamW. A share of clicks
-   (``search_rate``) is shown as the search for that item, so the query path is trained.
+   click; softmax over the catalogue (cross-entropy) less what a list there could not
+   show (items the window's events up to it exclude, items not added yet), AdamW. A share
+   of clicks (``search_rate``) is shown as the search for that item, so the query path is
+   trained.
    After each epoch the validation split is scored (full ranking, exclusion policy
    applied); training stops after ``patience`` epochs without a better NDCG@10 and keeps
    the best epoch.
@@ -37,9 +39,9 @@ from model_export.model import (
     SequenceRanker,
 )
 from model_export.ranking import ranking_metrics, top_k
-from model_export.split import EvalExamples, Horizon, Split, TrainWindows
+from model_export.split import PURCHASE, EvalExamples, Horizon, Split, TrainWindows
 from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
-from stream.manifest import EVENT_TYPE_IDS
+from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
 from stream.settings import ExcludePolicy
 
 SEARCH = EVENT_TYPE_IDS["search"]
@@ -64,6 +66,7 @@ class TrainConfig:
     cold_rate: float = 0.1  # share of items shown by text alone in each batch (new items)
     mask_unreleased: bool = True  # items added over a day after a position: not candidates
     exclude: ExcludePolicy = "seen"
+    mask_excluded: bool = True  # items a list there would exclude: not candidates
     text: TextConfig = field(default_factory=TextConfig)
     cooc: CoocConfig = field(default_factory=CoocConfig)
 
@@ -285,6 +288,11 @@ def _fit(
             event_types = torch.from_numpy(windows.event_types[rows])
             queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), text.queries)
             targets = torch.from_numpy(windows.targets[rows])
+            excluded = (
+                _excluded(item_ids, event_types, targets, config.exclude, ranker.config.num_items)
+                if config.mask_excluded and config.exclude != "none"
+                else None
+            )
             if ranker.config.use_text and config.search_rate + config.found_rate > 0:
                 item_ids, event_types, queries = _as_searches(
                     ranker,
@@ -303,6 +311,8 @@ def _fit(
             logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days)
             if config.mask_unreleased:
                 logits = _released(logits, ranker.item_added, days, targets)
+            if excluded is not None:
+                logits = logits.masked_fill(excluded, MASK_SCORE)
             logits = logits[keep]
             loss = torch.nn.functional.cross_entropy(logits, targets[keep])
             optimiser.zero_grad()
@@ -366,6 +376,31 @@ def _released(
     later = added.view(1, 1, -1) > days.unsqueeze(-1) + RELEASE_SLACK_DAYS
     later = later.scatter(-1, targets.unsqueeze(-1), False)
     return logits.masked_fill(later, MASK_SCORE)
+
+
+def _excluded(
+    item_ids: torch.Tensor,
+    event_types: torch.Tensor,
+    targets: torch.Tensor,
+    policy: ExcludePolicy,
+    num_items: int,
+) -> torch.Tensor:
+    """Items a list would exclude at each position, among the window's events up to it.
+
+    Bool ``[windows, history, num_items + 1]``: the items of the window's events up to and
+    including each position under ``policy`` (``purchased``: purchases only), never the
+    position's own target. Items from before the window stay candidates: masking every
+    earlier item measured worse (docs/model.md).
+    """
+    if policy == "purchased":
+        item_ids = item_ids.masked_fill(event_types != PURCHASE, 0)
+    rows, length = item_ids.shape
+    positions = torch.arange(length)
+    first = torch.full((rows, num_items + 1), length)  # each item's first position in a window
+    first.scatter_reduce_(1, item_ids, positions.expand(rows, -1), reduce="amin")
+    excluded = first.unsqueeze(1) <= positions.view(1, -1, 1)
+    excluded[..., PAD_INDEX] = False
+    return excluded.scatter_(-1, targets.unsqueeze(-1), False)
 
 
 def _cold_items(num_items: int, rate: float, generator: torch.Generator) -> torch.Tensor | None:
