@@ -12,6 +12,7 @@ its own, with in-memory outputs.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
@@ -76,7 +77,13 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     async def log_stats() -> None:
         """Log the counters every :data:`STATS_INTERVAL_S` seconds."""
         counters = orjson.dumps(runtime.metrics.snapshot()["counters"]).decode()
-        log.info("stats lag=%d %s", runtime.consumer_lag(), counters)
+        log.info(
+            "stats lag=%d read_lag=%d pending_deliveries=%d %s",
+            runtime.consumer_lag(),
+            runtime.read_lag(),
+            runtime.pending_deliveries(),
+            counters,
+        )
 
     runtime.agent = score_events
     views.install(app, runtime)
@@ -110,8 +117,28 @@ def check_can_serve(settings: Settings) -> dict[str, str]:
         msg = f"streamrec: cannot start the worker: {exc}"
         raise SystemExit(msg) from None
     if settings.web_enabled:
+        _check_web_exposure(settings)
         _check_web_port(settings.web_host, settings.web_port)
     return served
+
+
+def _check_web_exposure(settings: Settings) -> None:
+    """Exit if the per-user endpoints would be reachable beyond this host without a token."""
+    if settings.web_token or _loopback(settings.web_host):
+        return
+    msg = (
+        f"streamrec: cannot start the worker: STREAMREC_WEB_HOST={settings.web_host} serves "
+        "users' lists beyond this host, so it needs STREAMREC_WEB_TOKEN (from a Kubernetes "
+        "Secret or a Compose env file; see docs/operations.md), or bind 127.0.0.1"
+    )
+    raise SystemExit(msg)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_web_port(host: str, port: int) -> None:

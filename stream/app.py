@@ -29,6 +29,7 @@ class App(faust.App):
             "broker_heartbeat_interval": settings.heartbeat_interval_s,
             "broker_commit_interval": settings.commit_interval_s,
             "producer_linger": settings.producer_linger_ms / 1000.0,
+            "producer_request_timeout": settings.producer_request_timeout_s,
             "store": settings.store,
             "table_standby_replicas": settings.standby_replicas,
             "datadir": settings.data_dir,

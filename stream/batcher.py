@@ -2,13 +2,14 @@
 
 The batcher knows nothing of Kafka: the worker and the replay tool both drive it. A user
 with several new events is scored once per batch (the newest context and trigger win; every
-event's ack token rides along). A batch flushes when ``max_users`` users or ``max_events``
+event's ack rides along). A batch flushes when ``max_users`` users or ``max_events``
 events are pending, or ``max_wait_s`` after its first pending user; ``on_cut`` runs as a
 batch is cut, before it is scored (the worker writes the batch's contexts then). Scoring runs
 in a thread pool; at most ``max_inflight`` batches are being scored or published at once, and
 :meth:`Batcher.add` waits while that bound is reached (backpressure, not unbounded memory).
 Batches are published in the order they were cut, so a user's newer list never precedes an
-older one.
+older one. Both loops run as watched tasks (:mod:`stream.background`): a publish that
+raises stops the worker instead of leaving its events unacknowledged for good.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.background import BackgroundTasks
 from stream.context import UserContext
 from stream.metrics import Metrics
 from stream.records import Event
@@ -43,7 +45,7 @@ class PendingUser:
     user_id: str
     context: UserContext
     trigger: Event
-    tokens: list[Any] = field(default_factory=list)
+    acks: list[Any] = field(default_factory=list)
     origin: Any = None
 
 
@@ -74,10 +76,12 @@ class Batcher:
         max_inflight: int,
         metrics: Metrics | None = None,
         on_cut: Callable[[], None] | None = None,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._score = score
         self._publish = publish
         self._on_cut = on_cut
+        self.tasks = tasks or BackgroundTasks()
         self.max_users = max_users
         self.max_wait_s = max_wait_s
         self.max_events = max_events
@@ -97,8 +101,8 @@ class Batcher:
         self._queue: asyncio.Queue[Batch] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="streamrec-score")
         self._tasks = [
-            asyncio.create_task(self._deadline_loop(), name="batcher-deadline"),
-            asyncio.create_task(self._publish_loop(), name="batcher-publish"),
+            self.tasks.start("batcher deadline loop", self._deadline_loop()),
+            self.tasks.start("batcher publish loop", self._publish_loop()),
         ]
 
     async def stop(self) -> None:
@@ -120,7 +124,7 @@ class Batcher:
         return len(self._pending)
 
     async def add(
-        self, user_id: str, context: UserContext, trigger: Event, token: Any, origin: Any = None
+        self, user_id: str, context: UserContext, trigger: Event, ack: Any, origin: Any = None
     ) -> None:
         """Queue ``user_id`` for scoring with its newest context; may wait (backpressure)."""
         entry = self._pending.get(user_id)
@@ -132,7 +136,7 @@ class Batcher:
         else:
             entry.context, entry.trigger, entry.origin = context, trigger, origin
             self.metrics.inc("events_coalesced")
-        entry.tokens.append(token)
+        entry.acks.append(ack)
         self._pending_events += 1
         if len(self._pending) >= self.max_users or self._pending_events >= self.max_events:
             await self.flush()
@@ -142,12 +146,12 @@ class Batcher:
         async with self._flush_lock:
             if not self._pending:
                 return
+            if self._on_cut is not None:  # before anything of the batch can be published and
+                self._on_cut()  # acked; if it raises, the users stay pending, unacknowledged
             users = list(self._pending.values())
             self._pending = {}
             self._pending_events = 0
             self._wakeup.clear()
-            if self._on_cut is not None:
-                self._on_cut()  # before anything of the batch can be published and acked
             batch = Batch(users=users, cut_at=time.monotonic())
             await self._slots.acquire()  # blocks the caller while max_inflight are busy
             loop = asyncio.get_running_loop()
@@ -188,9 +192,9 @@ class Batcher:
                 except Exception as exc:  # scoring failed: the publisher decides what to do
                     outcome = exc
                     self.metrics.inc("batches_failed")
+                # a publish that raises ends this task: its events stay unacknowledged and
+                # the worker stops (the task is watched), to read them again after a restart
                 await self._publish(batch, outcome)
-            except Exception:
-                log.exception("publishing a batch of %d users failed", len(batch.users))
             finally:
                 self._slots.release()
                 self._queue.task_done()

@@ -9,6 +9,10 @@ their reason), applied in the order read, and each fetched batch of changes beco
 item set (:meth:`stream.pipeline.ScoringPipeline.follow_catalogue`), built off the event
 loop while the previous one keeps scoring.
 
+The follower runs as a watched task (:mod:`stream.background`): a fetch or an item set that
+fails is logged and tried again; anything else it raises, the catch-up at start-up included,
+stops the worker with a line naming it, instead of leaving it never ready.
+
 ``STREAMREC_CATALOGUE_TOPIC=""`` turns following off: the worker serves the model's trained
 items as exported. ``catalogue_freshness_ms`` observes, for records read after start-up, the
 time from the record's ``ts`` to the item set that holds it: from then on every list can
@@ -25,6 +29,8 @@ import aiokafka
 from aiokafka import TopicPartition
 from mode import Service
 
+from stream.background import BackgroundTasks
+from stream.delivery import no_ack
 from stream.errors import InvalidEvent
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline, now_ms
@@ -54,9 +60,11 @@ class CatalogueFollower(Service):
         metrics: Metrics,
         pipeline: ScoringPipeline,
         step: EventStep,
+        tasks: BackgroundTasks | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.tasks = tasks or BackgroundTasks()
         self.settings = settings
         self.metrics = metrics
         self.pipeline = pipeline
@@ -72,7 +80,7 @@ class CatalogueFollower(Service):
         if not self.settings.catalogue_topic:  # turned off: the trained items, as exported
             self.caught_up.set()
             return
-        self._task = asyncio.create_task(self._follow())
+        self._task = self.tasks.start("catalogue follower", self._follow())
 
     async def on_stop(self) -> None:
         """Stop reading."""
@@ -165,7 +173,12 @@ class CatalogueFollower(Service):
                 except InvalidEvent as exc:
                     origin = Origin(tp.topic, tp.partition, record.offset)
                     await self.step.dead_letter(
-                        record.value, origin, exc.reason, exc.detail, counter="catalogue_invalid"
+                        record.value,
+                        origin,
+                        exc.reason,
+                        exc.detail,
+                        counter="catalogue_invalid",
+                        ack=no_ack,
                     )
         if not changes:
             return

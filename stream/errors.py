@@ -44,6 +44,18 @@ class BrokerError(StreamrecError):
     """
 
 
+class WorkerFault(StreamrecError):
+    """The worker met a fault it cannot ride out and stops (exit 1).
+
+    Nothing it did not acknowledge is lost: after a restart its group reads those events
+    again. The message names the fault; fix what it names (broker, disk) and restart.
+    """
+
+
+class DeliveryFailed(WorkerFault):
+    """The broker did not confirm the worker's records for ``STREAMREC_DELIVERY_TIMEOUT_S``."""
+
+
 class DataError(StreamrecError):
     """A dataset could not be found or read: run ``python -m model_export fetch-data``."""
 

@@ -8,11 +8,13 @@ version of the model that scored it; a directory that cannot be served yet (bein
 a hash mismatch) is logged and retried while the current model keeps serving.
 
 Publishing is injected, so the worker publishes to Kafka and the replay tool can collect
-lists in memory through the same code; a batch's lists are handed over in one call. Each
-event's ack runs only after the list reflecting it was handed to the producer; Faust flushes
-the producer before it commits offsets, so a crash never skips a list (at-least-once;
-duplicates carry the same ``trigger_event_id``). :attr:`ScoringPipeline.before_scoring`
-runs as each batch is cut (the per-event step writes the batch's contexts then).
+lists in memory through the same code; a batch's lists are handed over in one call with the
+acks of every event behind them, which the worker runs only once the broker has confirmed
+the lists and the batch's changelog records (:mod:`stream.delivery`): neither a crash nor a
+broker that refuses skips a list (at-least-once; duplicates carry the same
+``trigger_event_id``). :attr:`ScoringPipeline.before_scoring` runs as each batch is cut (the
+per-event step writes the batch's contexts then); if it fails, the batch is neither scored
+nor acknowledged and the worker stops (:class:`~stream.errors.WorkerFault`).
 
 With an experiment (``STREAMREC_EXPERIMENT``, :mod:`stream.experiment`) the pipeline serves
 one model per arm: each is loaded, verified, hot-reloaded and follows the catalogue like the
@@ -39,10 +41,12 @@ from typing import Any
 from mode import Service
 
 from stream.attribution import Attribution
+from stream.background import BackgroundTasks
 from stream.batcher import Batch, Batcher, PendingUser
 from stream.catalogue import Catalogue
 from stream.context import UserContext
-from stream.errors import ModelLoadError
+from stream.delivery import AckFn
+from stream.errors import ModelLoadError, WorkerFault
 from stream.experiment import Experiment, load_experiment
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
@@ -53,9 +57,9 @@ from stream.store import MemoryStore, Origin, Store
 
 log = logging.getLogger(__name__)
 
-#: Publishes a batch's lists: (user id, list as on the wire) pairs.
-PublishFn = Callable[[list[tuple[str, bytes]]], Awaitable[Any]]
-AckFn = Callable[[], Awaitable[Any]]
+#: Publishes a batch's lists, (user id, list as on the wire) pairs, and runs the acks of the
+#: events behind them once they (and the batch's changelog records) are delivered.
+PublishListsFn = Callable[[list[tuple[str, bytes]], Sequence[AckFn]], Awaitable[Any]]
 
 
 def now_ms() -> int:
@@ -89,14 +93,17 @@ class ScoringPipeline(Service):
         self,
         settings: Settings,
         metrics: Metrics,
-        publish_lists: PublishFn,
+        publish_lists: PublishListsFn,
         latest_lists: Store | None = None,
+        tasks: BackgroundTasks | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
         self._publish_lists = publish_lists
+        #: Where the pipeline's long-running tasks are started and watched.
+        self.tasks = tasks or BackgroundTasks()
         #: Each user's newest published list (as on the wire), written as it is published.
         self.latest_lists: Store = MemoryStore() if latest_lists is None else latest_lists
         self.attribution = Attribution(metrics, settings.attribution_window_s)
@@ -138,10 +145,11 @@ class ScoringPipeline(Service):
             max_inflight=s.max_inflight_batches,
             metrics=self.metrics,
             on_cut=self._on_cut,
+            tasks=self.tasks,
         )
         await self.batcher.start()
         if s.model_reload_s > 0:
-            self._watcher = asyncio.create_task(self._watch_model(s.model_reload_s))
+            self._watcher = self.tasks.start("model watcher", self._watch_model(s.model_reload_s))
         self._ready.set()
 
     @staticmethod
@@ -179,9 +187,11 @@ class ScoringPipeline(Service):
             return
         try:
             self.before_scoring()
-        except Exception:  # the batch is still scored and published; the failure is loud
-            log.exception("writing the contexts of a batch failed")
+        except Exception as exc:  # nothing of the batch is acknowledged: the worker stops
             self.metrics.inc("context_writes_failed")
+            fault = WorkerFault(f"writing the contexts of a batch failed: {exc!r}")
+            self.tasks.fail("context writer", fault)
+            raise fault from exc
 
     def _score(self, users: Sequence[PendingUser]) -> ScoredBatch:
         lists: list[RankedList] = [[] for _ in users]
@@ -284,7 +294,7 @@ class ScoringPipeline(Service):
         ack: AckFn,
         origin: Origin | None = None,
     ) -> None:
-        """Queue a user for scoring; ``ack`` runs once its list is published.
+        """Queue a user for scoring; ``ack`` runs once its list is delivered.
 
         ``origin``: the message of ``trigger`` (the user's list is stored from its partition).
         """
@@ -320,7 +330,7 @@ class ScoringPipeline(Service):
             )
             self.metrics.inc("users_failed", len(batch.users))
             # no lists, but what goes out with every batch (its contexts' changelog) still does
-            await self._publish_lists([])
+            await self._publish_lists([], [ack for user in batch.users for ack in user.acks])
         else:
             generated = now_ms()
             experiment = self.experiment.name if self.experiment else None
@@ -347,9 +357,6 @@ class ScoringPipeline(Service):
                 # from the producer's stamp on the event; clocks of other hosts may skew it
                 self.metrics.observe("event_to_list_ms", max(0, generated - user.trigger.ts))
             self._write_latest(latest)
-            await self._publish_lists(lists)
+            await self._publish_lists(lists, [ack for user in batch.users for ack in user.acks])
             self.metrics.inc("lists_out", len(batch.users))
             self.metrics.observe("batch_cut_to_publish_ms", (time.monotonic() - batch.cut_at) * 1e3)
-        for user in batch.users:
-            for ack in user.tokens:
-                await ack()

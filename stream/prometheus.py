@@ -41,12 +41,17 @@ HELP = {
     "dlq_reason": "Dead letters by reason.",
     "events_type": "Valid events by type.",
     "events_coalesced": "Events folded into a list already pending for their user.",
-    "events_duplicate": "Events whose event_id the user's context already held.",
+    "events_duplicate": "Events whose event_id the user's context already held (redelivered).",
+    "events_duplicate_relisted": "Redelivered events scored again: no list reflecting them "
+    "had gone out.",
+    "delivery_failures": "Producer batches the broker did not confirm (sent again).",
+    "deliveries_retried": "Deliveries (lists, changelog records, dead letters) sent again after "
+    "a failure.",
     "lists_out": "Recommendation lists published.",
     "batches_failed": "Scoring batches that raised (their users got no list).",
     "users_failed": "Users of failed batches.",
     "model_reloads": "New model versions taken over without a restart.",
-    "context_writes_failed": "Batches whose contexts could not be written to the table.",
+    "context_writes_failed": "Batches whose contexts could not be written (the worker stops).",
     "catalogue_records_in": "Valid records (and removals) read from the catalogue topic.",
     "catalogue_invalid": "Catalogue records routed to the dead-letter topic.",
     "catalogue_item_sets": "Item sets built after catalogue changes (new items scorable).",
@@ -101,7 +106,13 @@ class WorkerCollector:
         for key, help_text in (
             ("ready", "1 when the model is loaded, partitions are assigned and tables recovered."),
             ("assigned_partitions", "Partitions of the events topic this worker owns."),
-            ("consumer_lag", "Events on this worker's partitions not read yet."),
+            (
+                "consumer_lag",
+                "Events on this worker's partitions past the committed offset (read or not): "
+                "a partition whose commits stall shows here.",
+            ),
+            ("read_lag", "Events on this worker's partitions not read yet."),
+            ("pending_deliveries", "Deliveries handed to the producer, not confirmed yet."),
             ("pending_users", "Users waiting in the batcher."),
             ("table_users", "Users whose context this worker holds."),
         ):

@@ -8,6 +8,7 @@ for speed; a test checks it agrees with the schema) and serialises with orjson.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,14 @@ _CATALOGUE_FIELDS = frozenset({"v", "item_id", "text", "available", "ts", "added
 MAX_TEXT_CHARS = 4096
 #: Bytes of an offending message kept in a dead letter.
 DEAD_LETTER_PAYLOAD_BYTES = 16_384
+#: The contracts' one rule for ids: no control character (Unicode category Cc, escaped as
+#: JSON Schema writes it); every other character is allowed (non-breaking spaces, emoji
+#: joiners, right-to-left text). Every id's ``pattern`` in ``stream/schemas`` is
+#: :data:`ID_PATTERN`, which means the same in ECMA-262 and Python (no ``$``, which Python
+#: lets match before a final newline); tests/stream/test_records.py checks both agree.
+CONTROL_CHARACTERS = "\\u0000-\\u001F\\u007F-\\u009F"
+ID_PATTERN = f"^(?![\\s\\S]*[{CONTROL_CHARACTERS}])"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,8 @@ def _key_id(key: bytes, max_chars: int) -> str:
 
 def _ts(body: dict[str, Any], name: str = "ts") -> int:
     ts = body.get(name)
+    if isinstance(ts, float) and ts.is_integer():  # JSON Schema's integer: 1.0 and 1e3 too
+        ts = int(ts)
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise InvalidEvent(
             f"bad_{name}", f"{name} must be an integer (epoch ms), got {type(ts).__name__}"
@@ -224,8 +235,10 @@ def _id(body: dict[str, Any], name: str, max_chars: int) -> str:
         raise InvalidEvent(f"missing_{name}")
     if not isinstance(value, str):
         raise InvalidEvent(f"bad_{name}", f"{name} must be a string, got {type(value).__name__}")
-    if not value or len(value) > max_chars or not value.isprintable():
-        raise InvalidEvent(f"bad_{name}", f"{name} must be 1..{max_chars} printable characters")
+    if not value or len(value) > max_chars or _CONTROL.search(value):
+        raise InvalidEvent(
+            f"bad_{name}", f"{name} must be 1..{max_chars} characters, no control characters"
+        )
     return value
 
 

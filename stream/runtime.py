@@ -1,7 +1,8 @@
 """The worker's parts, built once per App, and what they say about the worker.
 
 Topics, the context and latest-list tables, metrics, the scoring pipeline and the per-event
-step; readiness, consumer lag and the stats the web views serve.
+step, their watched background tasks; readiness, liveness, consumer lag and the stats the
+web views serve.
 
 :func:`stream.agents.install` builds one :class:`Runtime` and hands it to the agent and the
 web views. Its outputs (lists and dead letters) go to Kafka topics, or, for a unit test of
@@ -10,6 +11,7 @@ the agent, wherever an :class:`Outputs` of the test's own sends them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
@@ -22,18 +24,23 @@ from faust.tables.manager import TableManager
 from faust.types import TP, AgentT, EventT, TopicT
 
 from stream.attribution import TALLIES
+from stream.background import BackgroundTasks
 from stream.catalogue_follower import CatalogueFollower
+from stream.delivery import AckFn, Deliveries, Records, RecordsByPartition
 from stream.errors import ConfigError
 from stream.metrics import Metrics, process_figures
 from stream.pipeline import ScoringPipeline
 from stream.step import EventStep
 from stream.store import Origin
-from stream.transport import Consumer, Producer, Records
+from stream.transport import Consumer, Producer
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
     from stream.app import App
 
 log = logging.getLogger(__name__)
+
+#: Seconds between a background task's death (``/live/`` answers 503) and the worker's stop.
+STOP_GRACE_S = 1.0
 
 
 class Outputs(Protocol):
@@ -42,11 +49,11 @@ class Outputs(Protocol):
     async def prepare(self) -> None:
         """Make the destinations ready (create topics); called once before the first event."""
 
-    async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
-        """Publish a batch's recommendation lists, each keyed by its user."""
+    async def publish_lists(self, lists: list[tuple[str, bytes]], acks: Sequence[AckFn]) -> None:
+        """Publish a batch's lists, each keyed by its user; run ``acks`` once delivered."""
 
-    async def send_dead_letter(self, value: bytes) -> None:
-        """Publish one dead letter."""
+    async def send_dead_letter(self, value: bytes, ack: AckFn) -> None:
+        """Publish one dead letter; run ``ack`` once delivered."""
 
 
 class BatchTable(faust.Table):
@@ -108,11 +115,11 @@ class TopicOutputs:
     """Lists and dead letters to their Kafka topics (created with the worker's partitions).
 
     :meth:`prepare` also creates the catalogue topic (compacted) if it is missing and
-    followed.
+    followed, and starts the delivery confirmer (:mod:`stream.delivery`) as a watched task.
 
     A batch's lists go out with the changelog records of its contexts and latest lists, one
-    producer batch per topic partition; all are flushed before Faust commits the batch's
-    offsets.
+    producer batch per topic partition; the batch's events are acknowledged once the broker
+    has confirmed all of them. A dead letter is a delivery of its own, acknowledged likewise.
     """
 
     def __init__(
@@ -122,26 +129,41 @@ class TopicOutputs:
         dead_letters: TopicT,
         tables: Sequence[BatchTable],
         catalogue: TopicT | None,
+        metrics: Metrics,
+        tasks: BackgroundTasks,
     ) -> None:
         self.app = app
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.tables = tables
         self.catalogue = catalogue
+        self.tasks = tasks
+        timeout_s = cast("App", app).streamrec.delivery_timeout_s
+        self.deliveries = Deliveries(self._send, metrics, timeout_s=timeout_s)
+        self._dead_letter_partitions = 1
+        self._dead_letters_sent = 0
 
     async def prepare(self) -> None:
-        """Declare the topics; learn the recommendation topic's partitions."""
+        """Declare the topics, learn their partitions, start confirming deliveries."""
         await self.recommendations.maybe_declare()
         await self.dead_letters.maybe_declare()
         if self.catalogue is not None:
             await self.catalogue.maybe_declare()
-        await self._producer().await_topic(self.recommendations.get_topic_name())
+        producer = self._producer()
+        await producer.await_topic(self.recommendations.get_topic_name())
+        self._dead_letter_partitions = await producer.await_topic(
+            self.dead_letters.get_topic_name()
+        )
+        self.tasks.start("delivery confirmer", self.deliveries.run())
 
     def _producer(self) -> Producer:
         return cast(Producer, self.app.producer)
 
-    async def publish_lists(self, lists: list[tuple[str, bytes]]) -> None:
-        """Hand the lists, and the tables' changelog records before them, to the producer."""
+    async def _send(self, records: RecordsByPartition) -> list[asyncio.Future[Any]]:
+        return await self._producer().send_batches(records, self._delivered)
+
+    async def publish_lists(self, lists: list[tuple[str, bytes]], acks: Sequence[AckFn]) -> None:
+        """Deliver the lists with the tables' changelog records; ``acks`` run once delivered."""
         producer = self._producer()
         records: dict[tuple[str, int], Records] = {}
         for table in self.tables:
@@ -150,15 +172,18 @@ class TopicOutputs:
         for user_id, value in lists:
             key = user_id.encode()
             records.setdefault((topic, producer.partition_for(topic, key)), []).append((key, value))
-        await producer.send_batches(records, self._delivered)
+        await self.deliveries.submit(records, acks)
 
     def _delivered(self, tp: TP, offset: int) -> None:
         for table in self.tables:
             table.on_changelog_delivered(tp, offset)
 
-    async def send_dead_letter(self, value: bytes) -> None:
-        """Hand the dead letter to the producer."""
-        await self.dead_letters.send(value=value)
+    async def send_dead_letter(self, value: bytes, ack: AckFn) -> None:
+        """Deliver one dead letter (partitions taken in turn); ``ack`` runs once delivered."""
+        partition = self._dead_letters_sent % self._dead_letter_partitions
+        self._dead_letters_sent += 1
+        topic = self.dead_letters.get_topic_name()
+        await self.deliveries.submit({(topic, partition): [(None, value)]}, [ack])
 
 
 class Runtime:
@@ -168,6 +193,9 @@ class Runtime:
         settings = self.settings = app.streamrec
         self.app = app
         self.metrics = Metrics()
+        #: The worker's long-running tasks; one that dies stops the worker.
+        self.tasks = BackgroundTasks(self.stop_worker)
+        self._stopping: asyncio.Future[None] | None = None
         self.events_topic = self._topic(settings.events_topic)
         self.contexts = self._table(
             "user-context", "Most recent events and purchased items per user."
@@ -183,15 +211,19 @@ class Runtime:
             self._topic(settings.catalogue_topic, compacting=True)
             if settings.catalogue_topic
             else None,
+            self.metrics,
+            self.tasks,
         )
         self.pipeline = ScoringPipeline(
-            settings, self.metrics, self.outputs.publish_lists, self.latest_lists
+            settings, self.metrics, self.outputs.publish_lists, self.latest_lists, self.tasks
         )
         app.service(self.pipeline)  # type: ignore[arg-type]  # Faust starts instances too
         self.step = EventStep(
             settings, self.metrics, self.contexts, self.pipeline, self.outputs.send_dead_letter
         )
-        self.catalogue = CatalogueFollower(settings, self.metrics, self.pipeline, self.step)
+        self.catalogue = CatalogueFollower(
+            settings, self.metrics, self.pipeline, self.step, self.tasks
+        )
         app.service(self.catalogue)  # type: ignore[arg-type]
         #: The scoring agent, once :func:`stream.agents.install` registered it.
         self.agent: AgentT | None = None
@@ -222,6 +254,26 @@ class Runtime:
             compacting=compacting,
         )
 
+    def stop_worker(self, task: str, error: BaseException) -> None:
+        """Stop the worker (exit 1) because ``task`` died with ``error``; say so in one line."""
+        log.critical(
+            "streamrec: %s died (%s: %s); stopping the worker (exit 1): its unacknowledged "
+            "events are read again after the restart",
+            task,
+            type(error).__name__,
+            error,
+        )
+        if self._stopping is None:  # probes see /live/ 503 during the grace, then it stops
+            self._stopping = asyncio.ensure_future(self._crash_after_grace(error))
+
+    async def _crash_after_grace(self, error: BaseException) -> None:
+        await asyncio.sleep(STOP_GRACE_S)
+        await self.app.crash(error)
+
+    def live(self) -> bool:
+        """Whether every background task the worker needs is running."""
+        return self.tasks.alive
+
     def partitions_mismatch(self) -> ConfigError | None:
         """Why the events topic cannot be served with this table, or ``None`` if it can."""
         s = self.settings
@@ -241,17 +293,36 @@ class Runtime:
         recovery = cast(TableManager, app.tables).recovery
         return recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
 
-    def consumer_lag(self) -> int:
-        """Input events on this worker's partitions not read yet (see :meth:`Consumer.lag`)."""
+    def _my_partitions(self) -> list[TP]:
         actives = self.app.assignor.assigned_actives()
-        mine = [tp for tp in actives if tp.topic == self.settings.events_topic]
+        return [tp for tp in actives if tp.topic == self.settings.events_topic]
+
+    def consumer_lag(self) -> int:
+        """Input events on this worker's partitions past the committed offset.
+
+        Offsets are committed only up to events whose output is delivered, so this also
+        counts events read and waiting for delivery (see :meth:`Consumer.committed_lag`).
+        """
         consumer = self.app.consumer
-        return consumer.lag(mine) if isinstance(consumer, Consumer) else 0
+        if not isinstance(consumer, Consumer):
+            return 0
+        return consumer.committed_lag(self._my_partitions())
+
+    def read_lag(self) -> int:
+        """Input events on this worker's partitions not read yet (see :meth:`Consumer.lag`)."""
+        consumer = self.app.consumer
+        return consumer.lag(self._my_partitions()) if isinstance(consumer, Consumer) else 0
+
+    def pending_deliveries(self) -> int:
+        """Deliveries handed to the producer and not confirmed yet."""
+        outputs = self.outputs
+        return outputs.deliveries.pending if isinstance(outputs, TopicOutputs) else 0
 
     def ready(self) -> bool:
         """Whether the worker serves: model, partitions, table recovered and catalogue read."""
         return (
-            self.pipeline.scorer is not None
+            self.live()
+            and self.pipeline.scorer is not None
             and bool(self.app.assignor.assigned_actives())
             and self.table_recovered()
             and self.catalogue.caught_up.is_set()
@@ -319,5 +390,8 @@ class Runtime:
             "catalogue": self.catalogue_stats(),
             "experiment": self.experiment_stats(),
             "consumer_lag": self.consumer_lag(),
+            "read_lag": self.read_lag(),
+            "pending_deliveries": self.pending_deliveries(),
+            "dead_tasks": dict(self.tasks.dead),
             "process": process_figures(),
         }

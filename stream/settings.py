@@ -124,6 +124,17 @@ class Settings(EnvSettings):
         5.0,
         "How long the worker's producer gathers lists and changelog writes into one request.",
     )
+    producer_request_timeout_s: float = setting(
+        30.0,
+        "How long the producer tries to deliver a batch of records before it counts as "
+        "failed (Faust's default is 20 minutes). A failed delivery is sent again, in order; "
+        "nothing after it is acknowledged meanwhile.",
+    )
+    delivery_timeout_s: float = setting(
+        300.0,
+        "How long failed deliveries are sent again before the worker gives up and stops "
+        "(exit 1), so that the events it did not acknowledge are read again after a restart.",
+    )
     fetch_max_wait_ms: int = setting(
         50, "Longest a fetch waits for data; the embedded broker always waits this long."
     )
@@ -241,6 +252,18 @@ class Settings(EnvSettings):
     web_enabled: bool = setting(True, "Serve the worker's web endpoint (stats, context).")
     web_host: str = setting("127.0.0.1", "Address the web endpoint binds; 0.0.0.0 in containers.")
     web_port: int = setting(6066, "Port of the web endpoint.")
+    web_token: str = setting(
+        "",
+        "Bearer token the per-user endpoints (`/context/`, `/recommendations/`) require "
+        "(`Authorization: Bearer <token>`); needed to bind any address but loopback. "
+        "Probes and `/metrics` stay open.",
+        secret=True,
+    )
+    context_view: bool = setting(
+        False,
+        "Serve `/context/<user_id>/` (a user's recent items and raw search queries); off by "
+        "default.",
+    )
     log_level: str = setting(
         "info",
         "Level of streamrec's own log lines; also Faust's under `python -m stream worker` "
@@ -276,6 +299,8 @@ class Settings(EnvSettings):
             "batch_max_wait_ms",
             "session_timeout_s",
             "commit_interval_s",
+            "producer_request_timeout_s",
+            "delivery_timeout_s",
             "attribution_window_s",
             "new_item_prior_clicks",
         )

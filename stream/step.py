@@ -1,10 +1,15 @@
 """The per-event step, one definition for the worker and the replay.
 
-For each input message: parse it against the event contract; an invalid one is counted,
-dead-lettered with its reason and acknowledged; a valid one updates its user's context, is
-counted, and hands the user to the scoring pipeline, whose list publication acknowledges it.
-A surprise (a bug) dead-letters the message as ``internal_error`` instead of stopping the
-worker.
+For each input message: parse it against the event contract; an invalid one is counted and
+dead-lettered with its reason, and acknowledged once the dead letter is delivered; a valid
+one updates its user's context, is counted, and hands the user to the scoring pipeline, which
+acknowledges it once the list reflecting it is delivered. A redelivered event (its
+``event_id`` already in the context) whose user's latest list already reflects it is
+acknowledged at once, without a new list (``events_duplicate``); only if no such list went
+out (a crash between the context's changelog record and the list) is it scored again
+(``events_duplicate_relisted``). A surprise (a bug) dead-letters the message as
+``internal_error`` instead of stopping the worker; a :class:`~stream.errors.WorkerFault`
+(the worker is stopping) leaves it unacknowledged, to be read again after the restart.
 
 Contexts are written to the store once per scoring batch, not once per event: an updated
 context waits in the step (where the user's next events find it) until the pipeline cuts the
@@ -27,19 +32,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from stream.attribution import ATTRIBUTED_TYPES
 from stream.context import ContextLimits, UserContext
-from stream.errors import InvalidEvent
+from stream.delivery import AckFn
+from stream.errors import InvalidEvent, WorkerFault
 from stream.metrics import Metrics
-from stream.pipeline import AckFn, ScoringPipeline, now_ms
-from stream.records import Limits, dead_letter, parse_event
+from stream.pipeline import ScoringPipeline, now_ms
+from stream.records import Event, Limits, dead_letter, parse_event
 from stream.settings import Settings
 from stream.store import Origin, Store
 
 log = logging.getLogger(__name__)
 
-#: Publishes one dead-letter record (contract ``dead_letter`` v1).
-DeadLetterFn = Callable[[bytes], Awaitable[Any]]
+#: Publishes one dead-letter record (contract ``dead_letter`` v1); runs the ack once the
+#: broker has it.
+DeadLetterFn = Callable[[bytes, AckFn], Awaitable[Any]]
 
 
 class EventStep:
@@ -70,10 +79,12 @@ class EventStep:
         self.metrics.inc("events_in")
         try:
             await self._handle(raw, key, origin, ack)
+        except WorkerFault:  # the worker is stopping; the event is read again after restart
+            return
         except Exception as exc:  # a bug must not stop the worker; the message is kept
             log.exception("unexpected error on %s[%d]@%d", *_where(origin))
-            await self.dead_letter(raw, origin, "internal_error", f"{type(exc).__name__}: {exc}")
-            await ack()
+            detail = f"{type(exc).__name__}: {exc}"
+            await self.dead_letter(raw, origin, "internal_error", detail, ack=ack)
 
     async def _handle(
         self, raw: bytes | None, key: bytes | None, origin: Origin, ack: AckFn
@@ -82,10 +93,11 @@ class EventStep:
             # a missing key fails the key check: unkeyed messages would split a user's context
             event = parse_event(raw, key or b"", self.limits)
         except InvalidEvent as exc:
-            await self.dead_letter(raw, origin, exc.reason, exc.detail)
-            await ack()
+            await self.dead_letter(raw, origin, exc.reason, exc.detail, ack=ack)
             return
+        self.metrics.inc(f"events_type.{event.type}")
         user_id = event.user_id
+        trigger = event
         waiting = self._waiting.get(user_id)
         stored = waiting[0] if waiting else UserContext.from_bytes(self.store.get(user_id))
         context, changed = self.context_limits.apply(stored, event)
@@ -95,16 +107,36 @@ class EventStep:
                 self.pipeline.attribute(event)
         else:
             self.metrics.inc("events_duplicate")
-        self.metrics.inc(f"events_type.{event.type}")
-        await self.pipeline.submit(user_id, context, event, ack, origin)
+            if self._listed(context, event):  # redelivered, and its list already went out
+                await ack()
+                return
+            self.metrics.inc("events_duplicate_relisted")
+            trigger = _newest(user_id, context)  # the list reflects the context: its newest
+        await self.pipeline.submit(user_id, context, trigger, ack, origin)
+
+    def _listed(self, context: UserContext, event: Event) -> bool:
+        """Whether the user's latest published list was made with ``event`` in its context."""
+        latest = self.pipeline.latest_lists.get(event.user_id)
+        if latest is None:
+            return False
+        trigger = orjson.loads(latest)["trigger_event_id"]
+        ids = [e.event_id for e in context.events]
+        return trigger in ids and ids.index(trigger) >= ids.index(event.event_id)
 
     def persist(self) -> None:
-        """Write every waiting context to the store (the pipeline calls it at each cut)."""
+        """Write every waiting context to the store (the pipeline calls it at each cut).
+
+        Raises:
+            Exception: whatever the store raised; the contexts stay waiting.
+        """
         if self._waiting:
-            waiting, self._waiting = self._waiting, {}
             self.store.write(
-                [(user, context.to_bytes(), origin) for user, (context, origin) in waiting.items()]
+                [
+                    (user, context.to_bytes(), origin)
+                    for user, (context, origin) in self._waiting.items()
+                ]
             )
+            self._waiting = {}
 
     async def dead_letter(
         self,
@@ -113,10 +145,13 @@ class EventStep:
         reason: str,
         detail: str,
         counter: str = "events_invalid",
+        *,
+        ack: AckFn,
     ) -> None:
         """Count (under ``counter`` and the reason) and publish a dead letter.
 
-        Logs the first and every 1,000th per reason.
+        ``ack`` runs once the dead letter is delivered. Logs the first and every 1,000th per
+        reason.
         """
         self.metrics.inc(counter)
         self.metrics.inc(f"dlq_reason.{reason}")
@@ -137,8 +172,15 @@ class EventStep:
                 partition=origin.partition,
                 offset=origin.offset,
                 ts=now_ms(),
-            )
+            ),
+            ack,
         )
+
+
+def _newest(user_id: str, context: UserContext) -> Event:
+    """The newest event of a user's (non-empty) context, as the trigger of a list made from it."""
+    newest = context.events[-1]
+    return Event(newest.event_id, user_id, newest.type, newest.ts, newest.item_id, newest.query)
 
 
 def _where(origin: Origin) -> tuple[str, int, int]:

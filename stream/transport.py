@@ -3,9 +3,11 @@
 Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports`` entry
 point; ``STREAMREC_BROKER`` keeps ``kafka://``. The worker's settings are reached through
 the App (``app.streamrec``, see :mod:`stream.app`), never imported. Five changes, the
-consumer lag the worker reports (:meth:`Consumer.lag`), and a producer that hands whole
-record batches to aiokafka (:meth:`Producer.send_batches`, for a batch's lists and changelog
-records). The first two changes only matter on the embedded broker; the last three close
+consumer lags the worker reports (records not read, :meth:`Consumer.lag`; records past the
+committed offset, :meth:`Consumer.committed_lag`), and a producer that hands whole record
+batches to aiokafka and returns their delivery futures (:meth:`Producer.send_batches`, for a
+batch's lists and changelog records). The first two changes only matter on the embedded
+broker; the last three close
 Faust + aiokafka races, found by the kill -9 test, that left a restarted worker idle or
 skipping events on any broker:
 
@@ -48,6 +50,8 @@ from aiokafka import TopicPartition
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
+
+from stream.delivery import RecordsByPartition
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +163,25 @@ class Consumer(driver.Consumer):
         if offset:
             self._seeked[ensure_TP(partition)] = offset
 
+    def committed_lag(self, partitions: Iterable[TP]) -> int:
+        """Records on ``partitions`` past the group's committed offset, read or not.
+
+        Events are acknowledged, and so committed, only once their output is delivered:
+        a partition whose deliveries stall keeps this growing even when :meth:`lag` is 0.
+        """
+        lag = 0
+        for tp in partitions:
+            highwater = self._highwater_of(tp)
+            if highwater is not None:
+                lag += max(0, highwater - (self._committed_offset.get(tp) or 0))
+        return lag
+
+    def _highwater_of(self, tp: TP) -> int | None:
+        try:
+            return self.highwater(tp)  # None until a fetch of it was answered
+        except AssertionError:  # revoked a moment ago (aiokafka asserts the assignment)
+            return None
+
     def lag(self, partitions: Iterable[TP]) -> int:
         """Records on ``partitions`` not read yet: broker high watermark − next offset to read.
 
@@ -167,10 +190,7 @@ class Consumer(driver.Consumer):
         """
         lag = 0
         for tp in partitions:
-            try:
-                highwater = self.highwater(tp)  # None until a fetch of it was answered
-            except AssertionError:  # revoked a moment ago (aiokafka asserts the assignment)
-                highwater = None
+            highwater = self._highwater_of(tp)
             if highwater is None:
                 continue
             read = self._read_offset.get(tp)
@@ -221,45 +241,54 @@ def mirror_pause(consumer: aiokafka.AIOKafkaConsumer, method: str, tps: Iterable
         getattr(consumer, method)(*mine)
 
 
-#: Records for one topic partition: (key, value) pairs, in order.
-Records = list[tuple[bytes | None, bytes]]
-
-
 class Producer(driver.Producer):
     """Faust's aiokafka producer, plus batches handed to aiokafka whole.
 
     ``topic.send()`` costs, per record, Faust's message futures and callbacks and aiokafka's
     own future: more than Faust's whole per-event floor. :meth:`send_batches` appends many
-    records to one aiokafka batch per topic partition instead. They are flushed with
-    everything else before Faust commits offsets (``Producer.flush`` flushes aiokafka).
+    records to one aiokafka batch per topic partition instead, and returns aiokafka's
+    delivery futures: :class:`stream.delivery.Deliveries` acknowledges events only once they
+    resolve. The request timeout (how long aiokafka tries before a batch fails) is
+    ``STREAMREC_PRODUCER_REQUEST_TIMEOUT_S``, not Faust's 20 minutes.
     """
 
     async def send_batches(
         self,
-        records: dict[tuple[str, int], Records],
+        records: RecordsByPartition,
         on_delivered: Callable[[TP, int], None] | None = None,
-    ) -> None:
+    ) -> list[asyncio.Future[Any]]:
         """Hand ``records`` to aiokafka: one batch (or as few as fit) per topic partition.
 
+        Returns one future per batch, resolved when the broker confirms it (or failed).
         ``on_delivered(tp, offset)`` runs with each delivered batch's last offset (a table
         keeps it as its persisted changelog offset, as Faust's own sends do).
+
+        Raises:
+            KafkaError: aiokafka refused the hand-off (no metadata or buffer space in time).
         """
         producer = self._ensure_producer()
+        futures: list[asyncio.Future[Any]] = []
         for (topic, partition), items in records.items():
             tp = TP(topic, partition)
+            if len(items) == 1:  # one record (a dead letter): into aiokafka's open batch
+                key, value = items[0]
+                delivery = await producer.send(topic, value, key=key, partition=partition)
+                futures.append(_confirmed(delivery, tp, 1, on_delivered))
+                continue
             batch = producer.create_batch()
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     if batch.record_count():
-                        await self._send(producer, batch, tp, on_delivered)
+                        futures.append(await self._send(producer, batch, tp, on_delivered))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         # larger than a batch may be: aiokafka sends it on its own
                         delivery = await producer.send(topic, value, key=key, partition=partition)
-                        self._watch(delivery, tp, 1, on_delivered)
+                        futures.append(_confirmed(delivery, tp, 1, on_delivered))
                         batch = producer.create_batch()
             if batch.record_count():
-                await self._send(producer, batch, tp, on_delivered)
+                futures.append(await self._send(producer, batch, tp, on_delivered))
+        return futures
 
     async def _send(
         self,
@@ -267,35 +296,35 @@ class Producer(driver.Producer):
         batch: Any,
         tp: TP,
         on_delivered: Callable[[TP, int], None] | None,
-    ) -> None:
+    ) -> asyncio.Future[Any]:
         count = batch.record_count()
         delivery = await producer.send_batch(batch, tp.topic, partition=tp.partition)
-        self._watch(delivery, tp, count, on_delivered)
+        return _confirmed(delivery, tp, count, on_delivered)
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """The partition aiokafka's partitioner (murmur2, as Kafka's clients) gives ``key``."""
         return self.key_partition(topic, key).partition
 
-    async def await_topic(self, topic: str) -> None:
-        """Wait until the producer knows ``topic``'s partitions (for :meth:`partition_for`)."""
-        await self._ensure_producer().partitions_for(topic)
+    async def await_topic(self, topic: str) -> int:
+        """Wait until the producer knows ``topic``'s partitions; returns how many it has."""
+        return len(await self._ensure_producer().partitions_for(topic))
 
-    @staticmethod
-    def _watch(
-        delivery: asyncio.Future[Any],
-        tp: TP,
-        count: int,
-        on_delivered: Callable[[TP, int], None] | None,
-    ) -> None:
+
+def _confirmed(
+    delivery: asyncio.Future[Any],
+    tp: TP,
+    count: int,
+    on_delivered: Callable[[TP, int], None] | None,
+) -> asyncio.Future[Any]:
+    """``delivery``, with ``on_delivered`` told the batch's last offset once it succeeds."""
+    if on_delivered is not None:
+
         def check(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
-            if done.exception() is not None:
-                log.error("records for %s[%d] were not delivered: %r", *tp, done.exception())
-            elif on_delivered is not None:
+            if not done.cancelled() and done.exception() is None:
                 on_delivered(tp, done.result().offset + count - 1)
 
         delivery.add_done_callback(check)
+    return delivery
 
 
 class Transport(driver.Transport):

@@ -75,11 +75,13 @@ def worker_settings(
     broker_url: str, model_dir: Path, work_dir: Path, /, processes: int = 1, **overrides: Any
 ) -> Settings:
     """A test worker's settings: its own group, topics (4 partitions), data directory and port
-    (ports, one per process).
+    (ports, one per process), and the context view on (tests compare contexts over HTTP).
 
     ``overrides`` change any field, the model directory included.
     """
-    base = Settings(broker=broker_url, model_dir=str(model_dir), topic_partitions=4)
+    base = Settings(
+        broker=broker_url, model_dir=str(model_dir), topic_partitions=4, context_view=True
+    )
     return fresh_settings(base.with_overrides(**overrides), work_dir, "sr", processes)
 
 

@@ -5,7 +5,9 @@ redirects, goes through it. Each connection is classified by the client id in it
 request header; :meth:`KafkaProxy.cut` closes the connections of clients whose id starts
 with a prefix and refuses their new ones until :meth:`KafkaProxy.restore`. Other clients
 (the test's producer and reader) keep working, as they would when only the worker's host
-loses its network.
+loses its network. :meth:`KafkaProxy.drop_produce` is subtler: the clients' Produce requests
+are swallowed (never forwarded, never answered) while every other request (fetches,
+commits, heartbeats, metadata) passes, as with a broker that reads but cannot write.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import struct
 import threading
 
 HOST = "127.0.0.1"
+#: Kafka's api key of Produce requests.
+PRODUCE = 0
 
 
 def client_id_of(request: bytes) -> str:
@@ -33,6 +37,8 @@ class KafkaProxy:
         self.port = port
         self.blocked: str | None = None
         self.refused = 0
+        self.dropping: str | None = None
+        self.dropped = 0
         self._open: set[tuple[str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -52,9 +58,14 @@ class KafkaProxy:
         self.blocked = client_prefix
         asyncio.run_coroutine_threadsafe(self._close_all(client_prefix), self._loop).result(10)
 
+    def drop_produce(self, client_prefix: str) -> None:
+        """Swallow the Produce requests of clients whose id starts with ``client_prefix``."""
+        self.dropping = client_prefix
+
     def restore(self) -> None:
-        """Let every client connect again."""
+        """Let every client connect, and produce, again."""
         self.blocked = None
+        self.dropping = None
 
     async def _serve(self) -> None:
         self._server = await asyncio.start_server(self._handle, HOST, self.port)
@@ -85,8 +96,27 @@ class KafkaProxy:
         up_writer.write(size + first)
         entry = (client, writer, up_writer)
         self._open.add(entry)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(
+            self._requests(client, reader, up_writer), self._pipe(up_reader, writer)
+        )
         self._open.discard(entry)
+
+    async def _requests(
+        self, client: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Forward the client's requests one by one, swallowing Produce while dropping."""
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            while True:
+                size = await reader.readexactly(4)
+                request = await reader.readexactly(struct.unpack(">i", size)[0])
+                (api_key,) = struct.unpack_from(">h", request, 0)
+                dropping = self.dropping
+                if api_key == PRODUCE and dropping is not None and client.startswith(dropping):
+                    self.dropped += 1
+                    continue
+                writer.write(size + request)
+                await writer.drain()
+        writer.close()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

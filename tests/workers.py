@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from model_export.data import movielens_events
 from stream.context import ContextLimits, UserContext, update_context
@@ -53,24 +53,70 @@ def serve(broker: EmbeddedBroker, s: Settings, events: list[Event]) -> dict[str,
     return last
 
 
-def changelog_records(broker: EmbeddedBroker, s: Settings) -> int:
-    """Records in the context table's changelog topic (read until a quiet second)."""
-    topic = f"{s.app_id}-user-context-changelog"
-    seen: list[int] = []
+def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every record of ``topic`` now (read from the start until a quiet second)."""
+    seen: list[ConsumerRecord] = []
 
     async def run() -> None:
-        async with TopicReader(broker.bootstrap_servers, [topic]) as reader:
+        async with TopicReader(bootstrap, [topic]) as reader:
             quiet = time.monotonic() + 2.0
 
-            def on_record(_record: object) -> None:
+            def on_record(record: ConsumerRecord) -> None:
                 nonlocal quiet
-                seen.append(1)
+                seen.append(record)
                 quiet = time.monotonic() + 1.0
 
             await reader.follow(on_record, lambda: time.monotonic() > quiet, poll_ms=200)
 
     asyncio.run(run())
-    return len(seen)
+    return seen
+
+
+def changelog_records(broker: EmbeddedBroker, s: Settings) -> int:
+    """Records in the context table's changelog topic (read until a quiet second)."""
+    return len(read_topic(broker.bootstrap_servers, f"{s.app_id}-user-context-changelog"))
+
+
+def newest_lists(bootstrap: str, s: Settings) -> dict[str, Recommendation]:
+    """Each user's newest list on the recommendations topic (the last on its partition)."""
+    records = read_topic(bootstrap, s.recommendations_topic)
+    return {rec.user_id: rec for rec in (Recommendation.from_json(r.value) for r in records)}
+
+
+def commits_ahead_of_lists(bootstrap: str, s: Settings, events: list[Event]) -> list[str]:
+    """Events below their partition's committed offset with no list made at or after them.
+
+    Read while the worker cannot deliver, every list on the topic went out before: an event
+    committed without one was acknowledged before its list was delivered.
+    """
+    at = {
+        orjson.loads(r.value)["event_id"]: (r.partition, r.offset)
+        for r in read_topic(bootstrap, s.events_topic)
+    }
+    committed = group_offsets(bootstrap, s.app_id, s.events_topic)["committed"]
+    place = {e.event_id: i for i, e in enumerate(events)}  # a user's events in order
+    listed: dict[str, list[int]] = defaultdict(list)
+    for r in read_topic(bootstrap, s.recommendations_topic):
+        rec = Recommendation.from_json(r.value)
+        if rec.trigger_event_id in place:
+            listed[rec.user_id].append(place[rec.trigger_event_id])
+    ahead = []
+    for event in events:
+        partition, offset = at[event.event_id]
+        if offset < (committed.get(partition) or 0) and not any(
+            i >= place[event.event_id] for i in listed[event.user_id]
+        ):
+            ahead.append(event.event_id)
+    return ahead
+
+
+def duplicate_lists(bootstrap: str, s: Settings) -> int:
+    """Lists on the topic beyond the first for their trigger event (at-least-once copies)."""
+    triggers = Counter(
+        orjson.loads(r.value)["trigger_event_id"]
+        for r in read_topic(bootstrap, s.recommendations_topic)
+    )
+    return sum(n - 1 for n in triggers.values())
 
 
 def assert_contexts_match_a_fold(
@@ -113,12 +159,15 @@ def task_dump(worker: WorkerProcess) -> str:
     return "Task".join(keep)[-8000:]
 
 
-def group_offsets(broker: EmbeddedBroker, group: str, topic: str) -> dict[str, dict[int, int]]:
+def group_offsets(
+    broker: EmbeddedBroker | str, group: str, topic: str
+) -> dict[str, dict[int, int]]:
     """The group's committed offsets and the topic's end offsets, by partition."""
+    bootstrap = broker if isinstance(broker, str) else broker.bootstrap_servers
 
     async def run() -> dict[str, dict[int, int]]:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:

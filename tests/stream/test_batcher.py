@@ -39,7 +39,7 @@ class Recorder:
             ([u.user_id for u in batch.users], [u.trigger.event_id for u in batch.users])
         )
         for user in batch.users:
-            for ack in user.tokens:
+            for ack in user.acks:
                 await ack()
 
 
@@ -155,7 +155,7 @@ def test_failed_scoring_is_reported_to_the_publisher():
     async def publish(batch, outcome):
         outcomes.append(outcome)
         for user in batch.users:
-            for ack in user.tokens:
+            for ack in user.acks:
                 await ack()
 
     async def go():

@@ -8,6 +8,7 @@ import shutil
 import orjson
 
 from stream.context import UserContext
+from stream.delivery import ack_all
 from stream.experiment import load_experiment
 from stream.manifest import load_manifest
 from stream.metrics import Metrics
@@ -30,8 +31,9 @@ def test_each_arm_scores_its_users_and_reloads_its_own_model(tiny_model_dir, tmp
     settings = Settings(model_dir=str(tiny_model_dir), experiment=str(path), model_reload_s=0)
     published: list[Recommendation] = []
 
-    async def publish(lists: list[tuple[str, bytes]]) -> None:
+    async def publish(lists: list[tuple[str, bytes]], acks) -> None:
         published.extend(Recommendation.from_json(v) for _, v in lists)
+        await ack_all(acks)
 
     async def score(pipeline: ScoringPipeline, users: range, tag: str) -> None:
         for i in users:

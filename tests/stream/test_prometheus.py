@@ -8,6 +8,8 @@ STATS = {
     "ready": True,
     "assigned_partitions": 4,
     "consumer_lag": 7,
+    "read_lag": 3,
+    "pending_deliveries": 2,
     "pending_users": 0,
     "table_users": 3,
     "model_version": "seqrec-x",

@@ -1,16 +1,20 @@
+import base64
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.errors import InvalidEvent
 from stream.records import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    ID_PATTERN,
     CatalogueRecord,
-    Event,
     Limits,
     Recommendation,
     dead_letter,
@@ -120,7 +124,7 @@ def test_dead_letter_keeps_a_safe_prefix():
     assert letter["truncated"] and letter["payload_bytes"] == 20_000
     assert len(letter["payload_b64"]) < 25_000
     jsonschema.validate(letter, json.loads((SCHEMAS / "dead_letter.v1.json").read_text()))
-    assert isinstance(Event("e", "u", "click", 1, item_id="i"), Event)
+    assert base64.b64decode(letter["payload_b64"]) == raw[:DEAD_LETTER_PAYLOAD_BYTES]
 
 
 def _json(value):
@@ -215,3 +219,107 @@ def test_a_null_value_removes_the_item_its_key_names():
         parse_catalogue(None, None)
     with pytest.raises(InvalidEvent, match="key_mismatch"):
         parse_catalogue(orjson.dumps(ITEM), b"other")
+
+
+# --- the parser and the schema accept exactly the same events -------------------------------
+
+UNUSUAL_IDS = [
+    "a\u00a0b",  # non-breaking space
+    "👩\u200d👩\u200d👧",  # emoji joined by zero-width joiners
+    "שלום עולם",  # right-to-left text
+    "\u200fמשתמש-7",  # a right-to-left mark
+    "名前 ü𝔘ser",
+]
+
+
+@pytest.mark.parametrize("unusual", UNUSUAL_IDS)
+def test_unusual_but_valid_ids_pass_the_parser_and_the_schema(unusual):
+    payload = body(user_id=unusual, event_id=unusual, item_id=unusual)
+    jsonschema.validate(payload, EVENT_SCHEMA)
+    event = parse_event(orjson.dumps(payload), key=unusual.encode())
+    assert (event.user_id, event.event_id, event.item_id) == (unusual, unusual, unusual)
+
+
+@pytest.mark.parametrize("control", ["\x00", "\n", "\x1f", "\x7f", "\x85", "\x9f"])
+def test_a_control_character_anywhere_in_an_id_is_refused_by_both(control):
+    for where in (f"{control}ab", f"a{control}b", f"ab{control}"):  # "ab\n": Python's $ trap
+        payload = body(user_id=where)
+        assert not schema_accepts(payload) and not parser_accepts(payload)
+
+
+def test_every_id_in_the_schemas_follows_the_one_rule():
+    for name in ("event.v1.json", "catalogue.v1.json"):
+        schema = json.loads((SCHEMAS / name).read_text())
+        ids = [k for k in schema["properties"] if k.endswith("_id")]
+        assert ids and all(schema["properties"][k]["pattern"] == ID_PATTERN for k in ids)
+
+
+def schema_accepts(payload: Any) -> bool:
+    return jsonschema.Draft202012Validator(EVENT_SCHEMA).is_valid(payload)
+
+
+def parser_accepts(payload: Any) -> bool:
+    try:
+        parse_event(_json(payload))
+    except InvalidEvent:
+        return False
+    return True
+
+
+def _field(spec: dict) -> st.SearchStrategy[Any]:
+    """A value for one property, from its constraints in the schema."""
+    if "const" in spec:
+        return st.just(spec["const"])
+    if "enum" in spec:
+        return st.sampled_from(spec["enum"])
+    if spec["type"] == "integer":
+        return st.integers(spec["minimum"], spec["maximum"])
+    pattern = re.compile(spec["pattern"])
+    size = st.text(min_size=spec["minLength"], max_size=min(spec["maxLength"], 40))
+    return size.filter(lambda text: pattern.search(text) is not None)
+
+
+@st.composite
+def events_from_schema(draw: st.DrawFn, schema: dict = EVENT_SCHEMA) -> dict:
+    """An event as the schema describes it: required fields, the if/then/else on type, and
+    each optional property present or not."""
+    properties = schema["properties"]
+    event = {name: draw(_field(properties[name])) for name in schema["required"]}
+    condition = schema["if"]["properties"]["type"]["const"]
+    needed = schema["then" if event["type"] == condition else "else"]["required"]
+    for name in sorted(properties.keys() - event.keys()):
+        if name in needed or draw(st.booleans()):
+            event[name] = draw(_field(properties[name]))
+    return event
+
+
+@st.composite
+def mutated(draw: st.DrawFn, event: dict) -> dict:
+    """``event`` with one field removed, replaced by anything, poisoned, or one added."""
+    changed = dict(event)
+    name = draw(st.sampled_from([*sorted(EVENT_SCHEMA["properties"]), "extra"]))
+    how = draw(st.sampled_from(["remove", "replace", "poison", "blank", "float"]))
+    if how == "remove":
+        changed.pop(name, None)
+    elif how == "replace":
+        changed[name] = draw(json_values)
+    elif how == "poison":  # a character of any category, control characters included
+        text = str(changed.get(name, "x"))
+        at = draw(st.integers(0, len(text)))
+        changed[name] = text[:at] + draw(st.characters(codec="utf-8")) + text[at:]
+    elif how == "blank":
+        changed[name] = draw(st.sampled_from(["", " ", "\u00a0", "\t", "\u2003"]))
+    else:  # JSON numbers: 5.0 is an integer to JSON Schema
+        changed[name] = float(draw(st.integers(-5, 10**13)))
+    return changed
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_parser_and_schema_accept_the_same_events(data):
+    """Events generated from the schema are accepted by both; every mutation of one is
+    accepted by both or refused by both."""
+    event = data.draw(events_from_schema())
+    assert schema_accepts(event) and parser_accepts(event), event
+    changed = data.draw(mutated(event))
+    assert parser_accepts(changed) == schema_accepts(changed), changed

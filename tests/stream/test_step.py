@@ -7,7 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from stream.context import UserContext
+from stream.context import ContextLimits, UserContext, update_context
+from stream.delivery import ack_all
 from stream.metrics import Metrics
 from stream.pipeline import ScoringPipeline
 from stream.records import Event, Recommendation
@@ -31,23 +32,31 @@ class UnwritableStore(MemoryStore):
 
 
 def run_step(
-    model_dir: Path, store: Store, messages: list[tuple[bytes | None, bytes]]
+    model_dir: Path,
+    store: Store,
+    messages: list[tuple[bytes | None, bytes]],
+    latest: Store | None = None,
 ) -> tuple[list[Recommendation], list[dict], list[int], Metrics]:
-    """Each message through one EventStep; returns lists, dead letters, acked offsets, metrics."""
+    """Each message through one EventStep; returns lists, dead letters, acked offsets, metrics.
+
+    Outputs are in memory: delivered (and so acknowledged) as soon as they are collected.
+    """
     settings = Settings(model_dir=str(model_dir), model_reload_s=0)
     lists: list[Recommendation] = []
     letters: list[dict] = []
     acked: list[int] = []
     metrics = Metrics()
 
-    async def publish_lists(published: list[tuple[str, bytes]]) -> None:
+    async def publish_lists(published: list[tuple[str, bytes]], acks) -> None:
         lists.extend(Recommendation.from_json(value) for _, value in published)
+        await ack_all(acks)
 
-    async def send_dead_letter(value: bytes) -> None:
+    async def send_dead_letter(value: bytes, ack) -> None:
         letters.append(orjson.loads(value))
+        await ack()
 
     async def run() -> None:
-        pipeline = ScoringPipeline(settings, metrics, publish_lists)
+        pipeline = ScoringPipeline(settings, metrics, publish_lists, latest)
         step = EventStep(settings, metrics, store, pipeline, send_dead_letter)
         await pipeline.start()
         try:
@@ -83,9 +92,8 @@ def test_valid_events_are_remembered_scored_and_acked_after_their_list(tiny_mode
 
 def test_invalid_input_is_dead_lettered_with_where_it_was_read(tiny_model_dir):
     good = Event("a", "u1", "click", 1, item_id="1")
-    lists, letters, acked, metrics = run_step(
-        tiny_model_dir, {}, [(b"u1", b"{nope"), (b"u2", good.to_json()), good.to_message()]
-    )
+    messages = [(b"u1", b"{nope"), (b"u2", good.to_json()), good.to_message()]
+    lists, letters, acked, metrics = run_step(tiny_model_dir, MemoryStore(), messages)
     assert [(x["reason"], x["partition"], x["offset"]) for x in letters] == [
         ("not_json", 3, 0),
         ("key_mismatch", 3, 1),
@@ -123,13 +131,45 @@ def test_contexts_are_written_once_per_batch_before_it_is_scored(tiny_model_dir)
     assert metrics.counters["events_coalesced"] == 2
 
 
-def test_a_failed_context_write_is_loud_and_the_worker_goes_on(tiny_model_dir):
-    event = Event("a", "u1", "click", 1, item_id="1")
+def test_a_failed_context_write_acks_nothing_and_publishes_nothing(tiny_model_dir):
+    """The batch is neither scored nor acknowledged (the worker stops: see test_background)."""
+    events = [Event("a", "u1", "click", 1, item_id="1"), Event("b", "u2", "click", 2, item_id="2")]
     lists, letters, acked, metrics = run_step(
-        tiny_model_dir, UnwritableStore(), [event.to_message()]
+        tiny_model_dir, UnwritableStore(), [e.to_message() for e in events]
     )
-    assert metrics.counters["context_writes_failed"] == 1
-    assert [rec.trigger_event_id for rec in lists] == ["a"] and acked == [0] and not letters
+    assert metrics.counters["context_writes_failed"] >= 1
+    assert not lists and not acked and not letters
+
+
+def remembered(events: list[Event], listed_trigger: str) -> tuple[MemoryStore, MemoryStore]:
+    """Contexts holding ``events`` (as a changelog restored them) and the user's latest list,
+    made when ``listed_trigger`` was the newest event."""
+    contexts: dict[str, bytes] = {}
+    for event in events:
+        update_context(contexts, event, ContextLimits())
+    listed = Recommendation(events[0].user_id, [("7", 1.0)], "m", listed_trigger, 1, 5)
+    return MemoryStore(contexts), MemoryStore({events[0].user_id: listed.to_json()})
+
+
+def test_a_redelivered_event_already_listed_is_acked_without_a_new_list(tiny_model_dir):
+    """Its context holds it and the user's latest list was made with it: nothing to redo."""
+    events = [Event("e1", "u1", "click", 1, item_id="1"), Event("e2", "u1", "click", 2, "2")]
+    contexts, latest = remembered(events, listed_trigger="e2")  # made after e1 and e2
+    redelivered = [e.to_message() for e in events]
+    lists, letters, acked, metrics = run_step(tiny_model_dir, contexts, redelivered, latest)
+    assert not lists and not letters and acked == [0, 1]
+    assert metrics.counters["events_duplicate"] == 2
+    assert metrics.counters["events_duplicate_relisted"] == 0
+
+
+def test_a_redelivered_event_whose_list_never_went_out_is_scored_again(tiny_model_dir):
+    """The context's changelog record was delivered, its list was not (a crash between)."""
+    events = [Event("e0", "u1", "click", 1, item_id="1"), Event("e1", "u1", "click", 2, "2")]
+    contexts, latest = remembered(events, listed_trigger="e0")  # made before e1
+    redelivered = [events[1].to_message()]
+    lists, letters, acked, metrics = run_step(tiny_model_dir, contexts, redelivered, latest)
+    assert [rec.trigger_event_id for rec in lists] == ["e1"] and acked == [0] and not letters
+    assert metrics.counters["events_duplicate_relisted"] == 1
 
 
 def test_a_failed_scoring_batch_still_hands_over_its_contexts_before_the_acks(tiny_model_dir):
@@ -137,12 +177,16 @@ def test_a_failed_scoring_batch_still_hands_over_its_contexts_before_the_acks(ti
     settings = Settings(model_dir=str(tiny_model_dir), model_reload_s=0)
     order: list[str] = []
 
-    async def publish_lists(published: list[tuple[str, bytes]]) -> None:
+    async def publish_lists(published: list[tuple[str, bytes]], acks) -> None:
         order.append(f"publish {len(published)}")
+        await ack_all(acks)
+
+    async def no_dead_letters(value: bytes, ack) -> None:
+        raise AssertionError("nothing here is dead-lettered")
 
     async def run() -> None:
         pipeline = ScoringPipeline(settings, Metrics(), publish_lists)
-        step = EventStep(settings, pipeline.metrics, MemoryStore(), pipeline, publish_lists)
+        step = EventStep(settings, pipeline.metrics, MemoryStore(), pipeline, no_dead_letters)
         await pipeline.start()
         try:
             await pipeline.wait_ready()
@@ -172,7 +216,7 @@ def test_a_click_on_the_latest_list_counts_once_even_if_redelivered(tiny_model_d
     listed = Recommendation("u1", [("7", 1.0), ("9", 0.5)], "m", "e0", 1_000, 1_005)
     latest = MemoryStore({"u1": listed.to_json()})
 
-    async def nowhere(_: object) -> None:
+    async def nowhere(*_: object) -> None:
         return None
 
     async def run() -> Metrics:

@@ -1,7 +1,9 @@
-"""``GET /recommendations/<user_id>/``: a user's newest list from any worker, kept over restarts."""
+"""``GET /recommendations/<user_id>/``: a user's newest list from any worker, kept over restarts,
+and private: a bearer token when one is set."""
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -31,7 +33,10 @@ def newest_lists(broker: EmbeddedBroker, topic: str, triggers: set[str]) -> dict
 def test_the_lookup_serves_the_newest_list_from_any_worker_and_after_a_restart(
     broker: EmbeddedBroker, worker_factory: WorkerFactory, datasets_dir: Path
 ) -> None:
-    group = worker_factory(processes=2).start()
+    """Private, too: with STREAMREC_WEB_TOKEN, 401 without it even when routed; the context
+    view off by default; probes and metrics open."""
+    token = "correct horse battery staple"
+    group = worker_factory(processes=2, web_token=token, context_view=False).start()
     s = group.settings
     group.wait_ready()
     events = sample_events(datasets_dir, users=40, per_user=12)  # a burst: lists coalesce
@@ -43,10 +48,22 @@ def test_the_lookup_serves_the_newest_list_from_any_worker_and_after_a_restart(
         for port in group.ports:  # each worker answers for every user, half of them routed
             for user, body in expected.items():
                 status, got = group.get_json(f"/recommendations/{user}/", port=port)
-                assert status == 200, (user, port, got)
+                assert status == 200, (user, port, got)  # get_json sends the worker's token
                 assert got == body
 
     check_every_user()
+    for port in group.ports:
+        for user in expected:
+            for wrong in ("", "wrong", token + "x"):
+                status, _ = group.get_json(f"/recommendations/{user}/", port=port, token=wrong)
+                assert status == 401, (user, port, wrong)
+            status, body = group.get_json(f"/context/{user}/", port=port)
+            assert status == 404 and "STREAMREC_CONTEXT_VIEW" in body["error"]
+        for open_path in ("/live/", "/ready/", "/stats/"):
+            assert group.get_json(open_path, port=port, token="")[0] == 200
+        request = f"http://{s.web_host}:{port}/metrics"
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            assert response.status == 200
     status, got = group.get_json("/recommendations/nobody-at-all/")
     assert (status, got["found"]) == (404, False)
 
