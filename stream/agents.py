@@ -75,15 +75,18 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
 
     @app.timer(interval=STATS_INTERVAL_S)
     async def log_stats() -> None:
-        """Log the counters every :data:`STATS_INTERVAL_S` seconds."""
-        counters = orjson.dumps(runtime.metrics.snapshot()["counters"]).decode()
-        log.info(
-            "stats lag=%d read_lag=%d pending_deliveries=%d %s",
-            runtime.consumer_lag(),
-            runtime.read_lag(),
-            runtime.pending_deliveries(),
-            counters,
-        )
+        """Log the counters every :data:`STATS_INTERVAL_S` seconds (a failure is a death)."""
+        try:
+            counters = orjson.dumps(runtime.metrics.snapshot()["counters"]).decode()
+            log.info(
+                "stats lag=%d read_lag=%d pending_deliveries=%d %s",
+                runtime.consumer_lag(),
+                runtime.read_lag(),
+                runtime.pending_deliveries(),
+                counters,
+            )
+        except Exception as exc:  # supervised like the other background work: named, stops
+            runtime.tasks.fail("stats timer", exc)
 
     runtime.agent = score_events
     views.install(app, runtime)

@@ -2,7 +2,8 @@
 
 The batcher's deadline and publish loops, the delivery confirmer, the catalogue follower
 and the model watcher run for the worker's whole life; each is started through
-:meth:`BackgroundTasks.start`. A task that raises, or returns, when nobody cancelled it has
+:meth:`BackgroundTasks.start` (Faust's stats timer reports its failures through
+:meth:`BackgroundTasks.fail`). A task that raises, or returns, when nobody cancelled it has
 died: it is recorded in :attr:`BackgroundTasks.dead` (``/live/`` then answers 503) and
 the ``on_death`` callback runs, which in a worker logs one critical line naming the task and
 its error and stops the worker with exit code 1 (:meth:`stream.runtime.Runtime.stop_worker`),
