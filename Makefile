@@ -7,7 +7,7 @@ DATA_STAMP := .cache/datasets/.fetched
 MODEL_DIR ?= models/current
 PYTEST_ARGS ?=
 
-.PHONY: install data model evaluate replay backtest demo test lint docs clean
+.PHONY: install data model evaluate replay backtest search-eval demo test lint docs clean
 
 # MovieLens lists exclude everything the user has seen (worker, replay and evaluation alike).
 model evaluate replay demo: export STREAMREC_EXCLUDE ?= seen
@@ -45,6 +45,12 @@ replay: $(DATA_STAMP)
 # published as they first appear, against the baselines (about 10 minutes; reports/backtest/).
 backtest: $(DATA_STAMP)
 	$(BIN)/python -m stream backtest --out reports/backtest
+
+# Search, the encoders alone: each query family (exact title, title as said, first words,
+# typo, lower case, descriptive) against $(MODEL_DIR)'s items, with BM25 and frozen MiniLM
+# (about a minute; reports/search-eval/).
+search-eval: $(DATA_STAMP)
+	$(BIN)/python -m stream search-eval --model $(MODEL_DIR) --out reports/search-eval
 
 demo: $(DATA_STAMP)
 	$(BIN)/python -m stream demo

@@ -2,10 +2,10 @@
 
 ``settings`` prints the worker's settings; ``worker --processes N`` (``auto``: one per core)
 runs N workers of one group under a supervisor (:mod:`stream.supervisor`). ``broker``,
-``demo``, ``replay`` and ``bench`` are tools (:mod:`stream.tools`); each checks first that
-the extra it needs is installed. Anything else goes to Faust's command line (``python -m
-stream worker``), once the settings parsed: a bad ``STREAMREC_*`` value stops every command
-with one line naming the variable.
+``demo``, ``replay``, ``backtest``, ``bench``, ``experiment`` and ``search-eval`` are tools
+(:mod:`stream.tools`); each checks first that the extra it needs is installed. Anything
+else goes to Faust's command line (``python -m stream worker``), once the settings parsed: a
+bad ``STREAMREC_*`` value stops every command with one line naming the variable.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ TOOLS: dict[str, tuple[str, str | None]] = {
     "backtest": ("stream.tools.temporal", "export"),
     "bench": ("stream.tools.bench", "export"),
     "experiment": ("stream.tools.experiment", "export"),
+    "search-eval": ("stream.tools.search_eval", "export"),
 }
 #: ``STREAMREC_LOG_LEVEL`` as Faust's ``--loglevel``.
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
