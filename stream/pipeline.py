@@ -319,6 +319,7 @@ class ScoringPipeline(Service):
             self.metrics.inc("latest_list_writes_failed")
 
     async def _publish(self, batch: Batch, outcome: ScoredBatch | BaseException) -> None:
+        acks = [ack for user in batch.users for ack in user.acks]  # run once delivered
         if isinstance(outcome, BaseException):
             # The contexts are stored; the users' next events rescore them. Acking keeps
             # the partition's commits moving instead of replaying it forever.
@@ -330,7 +331,7 @@ class ScoringPipeline(Service):
             )
             self.metrics.inc("users_failed", len(batch.users))
             # no lists, but what goes out with every batch (its contexts' changelog) still does
-            await self._publish_lists([], [ack for user in batch.users for ack in user.acks])
+            await self._publish_lists([], acks)
         else:
             generated = now_ms()
             experiment = self.experiment.name if self.experiment else None
@@ -357,6 +358,6 @@ class ScoringPipeline(Service):
                 # from the producer's stamp on the event; clocks of other hosts may skew it
                 self.metrics.observe("event_to_list_ms", max(0, generated - user.trigger.ts))
             self._write_latest(latest)
-            await self._publish_lists(lists, [ack for user in batch.users for ack in user.acks])
+            await self._publish_lists(lists, acks)
             self.metrics.inc("lists_out", len(batch.users))
             self.metrics.observe("batch_cut_to_publish_ms", (time.monotonic() - batch.cut_at) * 1e3)

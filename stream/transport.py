@@ -271,9 +271,7 @@ class Producer(driver.Producer):
         for (topic, partition), items in records.items():
             tp = TP(topic, partition)
             if len(items) == 1:  # one record (a dead letter): into aiokafka's open batch
-                key, value = items[0]
-                delivery = await producer.send(topic, value, key=key, partition=partition)
-                futures.append(_confirmed(delivery, tp, 1, on_delivered))
+                futures.append(await self._send_one(producer, tp, *items[0], on_delivered))
                 continue
             batch = producer.create_batch()
             for key, value in items:
@@ -283,8 +281,7 @@ class Producer(driver.Producer):
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         # larger than a batch may be: aiokafka sends it on its own
-                        delivery = await producer.send(topic, value, key=key, partition=partition)
-                        futures.append(_confirmed(delivery, tp, 1, on_delivered))
+                        futures.append(await self._send_one(producer, tp, key, value, on_delivered))
                         batch = producer.create_batch()
             if batch.record_count():
                 futures.append(await self._send(producer, batch, tp, on_delivered))
@@ -300,6 +297,18 @@ class Producer(driver.Producer):
         count = batch.record_count()
         delivery = await producer.send_batch(batch, tp.topic, partition=tp.partition)
         return _confirmed(delivery, tp, count, on_delivered)
+
+    @staticmethod
+    async def _send_one(
+        producer: aiokafka.AIOKafkaProducer,
+        tp: TP,
+        key: bytes | None,
+        value: bytes,
+        on_delivered: Callable[[TP, int], None] | None,
+    ) -> asyncio.Future[Any]:
+        """One record through aiokafka's own batching (its open batch for ``tp``)."""
+        delivery = await producer.send(tp.topic, value, key=key, partition=tp.partition)
+        return _confirmed(delivery, tp, 1, on_delivered)
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """The partition aiokafka's partitioner (murmur2, as Kafka's clients) gives ``key``."""

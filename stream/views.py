@@ -27,8 +27,8 @@ from stream.runtime import Runtime
 from stream.settings import Settings
 
 
-def refusal(settings: Settings, request: Request) -> tuple[int, str] | None:
-    """Why a per-user request is refused (status and reason), or ``None`` if it may pass."""
+def refusal(settings: Settings, request: Request) -> str | None:
+    """Why a per-user request is refused (answered 401), or ``None`` if it may pass."""
     token = settings.web_token
     if not token:
         return None
@@ -38,7 +38,7 @@ def refusal(settings: Settings, request: Request) -> tuple[int, str] | None:
         credential.strip().encode(), token.encode()
     ):
         return None
-    return 401, "send Authorization: Bearer <STREAMREC_WEB_TOKEN>"
+    return "send Authorization: Bearer <STREAMREC_WEB_TOKEN>"
 
 
 def install(app: faust.App, runtime: Runtime) -> None:
@@ -82,7 +82,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
             return web.json({"error": off}, status=404)
         refused = refusal(settings, request)
         if refused is not None:
-            return web.json({"error": refused[1]}, status=refused[0])
+            return web.json({"error": refused}, status=401)
         if not runtime.table_recovered():
             return web.json({"user_id": user_id, "error": "table recovering, retry"}, status=503)
         context = UserContext.from_bytes(runtime.contexts.get(user_id))
@@ -96,7 +96,7 @@ def install(app: faust.App, runtime: Runtime) -> None:
         """The user's latest list, the same JSON as on the recommendations topic."""
         refused = refusal(settings, request)
         if refused is not None:
-            return web.json({"error": refused[1]}, status=refused[0])
+            return web.json({"error": refused}, status=401)
         if not runtime.table_recovered():
             return web.json({"user_id": user_id, "error": "table recovering, retry"}, status=503)
         latest = runtime.latest_lists.get(user_id)

@@ -147,17 +147,21 @@ def descriptive_relevance(texts: Sequence[str], seed: int) -> tuple[list[str], n
 def evaluate(texts: Sequence[str], embeds: dict[str, Embed], seed: int = 0) -> dict[str, Any]:
     """Every family by every method (``embeds``; ``bm25`` needs none)."""
     items = {method: embed(texts) for method, embed in embeds.items()}
+
+    def scores(method: str, queries: list[str]) -> np.ndarray:
+        if method == "bm25":
+            return bm25(queries, texts)
+        return cosine(embeds[method](queries), items[method])
+
+    methods = (*embeds, "bm25")
     targets = np.arange(len(texts))
+    per_item = [title_queries(text, seed) for text in texts]
     report: dict[str, Any] = {"items": len(texts), "seed": seed, "families": {}}
     for family in TITLE_FAMILIES:
-        queries = [title_queries(text, seed)[family] for text in texts]
+        queries = [queries_of[family] for queries_of in per_item]
         report["families"][family] = {"example": queries[0], "methods": {}}
-        for method in (*embeds, "bm25"):
-            if method == "bm25":
-                scores = bm25(queries, texts)
-            else:
-                scores = cosine(embeds[method](queries), items[method])
-            rank = ranks(scores, targets)
+        for method in methods:
+            rank = ranks(scores(method, queries), targets)
             report["families"][family]["methods"][method] = {
                 "hr_at_1": summary((rank == 0).astype(float)),
                 "hr_at_10": summary((rank < 10).astype(float)),
@@ -165,14 +169,9 @@ def evaluate(texts: Sequence[str], embeds: dict[str, Embed], seed: int = 0) -> d
             }
     queries, relevance = descriptive_relevance(texts, seed)
     report["descriptive"] = {"queries": len(queries), "example": queries[0], "methods": {}}
-    for method in (*embeds, "bm25"):
-        if method == "bm25":
-            scores = bm25(queries, texts)
-        else:
-            scores = cosine(embeds[method](queries), items[method])
-        report["descriptive"]["methods"][method] = {
-            "ndcg_at_10": summary(ndcg_at_10(scores, relevance))
-        }
+    for method in methods:
+        ndcg = ndcg_at_10(scores(method, queries), relevance)
+        report["descriptive"]["methods"][method] = {"ndcg_at_10": summary(ndcg)}
     return report
 
 
