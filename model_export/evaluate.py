@@ -85,6 +85,8 @@ def evaluate_model_dir(
                 "blocked_ids": scorer.items.blocked,
                 "item_added": scorer.items.added_days,
                 "user_days": examples.days[rows].astype(np.float32),
+                # only the search term reads the ages, and these logs hold no searches
+                "event_ages": np.zeros(examples.item_ids[rows].shape, dtype=np.float32),
                 "exclude_ids": exclude_matrix(examples.excluded[rows]),
             }
         )

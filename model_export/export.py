@@ -79,7 +79,11 @@ def dynamic_axes(*specs: Any) -> dict[str, dict[int, str]]:
 
 
 class QueryTower(nn.Module):
-    """Query text to ranker space: the fine-tuned encoder, then the ranker's text projection."""
+    """Query text to ``query_dim`` vectors (:meth:`SequenceRanker.query_vectors`).
+
+    The fine-tuned encoder's unit vector projected for the ranker (the ranker part), then
+    the unit vector itself (the search part).
+    """
 
     def __init__(self, encoder: TextEncoder, ranker: SequenceRanker) -> None:
         super().__init__()
@@ -88,7 +92,7 @@ class QueryTower(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``[batch, dim]`` query vectors."""
-        return self.ranker.project_text(self.encoder(input_ids, attention_mask))
+        return self.ranker.query_vectors(self.encoder(input_ids, attention_mask))
 
 
 def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, specs: Any) -> Path:
@@ -136,6 +140,7 @@ class HalfRanker(nn.Module):
         blocked_ids: torch.Tensor,
         item_added: torch.Tensor,
         user_days: torch.Tensor,
+        event_ages: torch.Tensor,
         exclude_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same as :meth:`SequenceRanker.forward`, in half precision (ages and mass in fp32)."""
@@ -149,6 +154,7 @@ class HalfRanker(nn.Module):
             blocked_ids,
             item_added,
             user_days,
+            event_ages,
             exclude_ids,
         )
         return scores.float(), indices, mass
@@ -203,8 +209,10 @@ def export(
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     ranker_path = export_ranker(ranker, out / FILES[RANKER])
     np.save(out / FILES[ITEM_VECTORS], ranker.unit_item_vectors().numpy(), allow_pickle=False)
-    with torch.no_grad():
-        id_vectors = ranker.id_vectors().float().numpy()
+    with torch.no_grad():  # id parts, zero-padded to query_dim: id part + text vector adds up
+        ids = ranker.id_vectors().float()
+        padding = torch.zeros(len(ids), ranker.config.search_dim)
+        id_vectors = torch.cat([ids, padding], dim=1).numpy()
     np.save(out / FILES[ITEM_ID_VECTORS], id_vectors, allow_pickle=False)
     fp16_path = export_fp16(ranker, out / FILES[RANKER_FP16])
     parity: dict[str, Any] = {"ranker": check_ranker(ranker, ranker_path, fp16_path)}
@@ -235,7 +243,8 @@ def export(
         items=items,
         history_length=ranker.config.history_length,
         max_k=ranker.config.max_k,
-        query_dim=ranker.config.dim,
+        query_dim=ranker.config.query_dim,
+        search_dim=ranker.config.search_dim,
         query_max_tokens=max_tokens,
         opset=OPSET,
         created_at=created.isoformat(timespec="seconds"),

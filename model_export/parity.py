@@ -77,12 +77,12 @@ def ranker_inputs(
         event_types[row, : length - n] = 0
     searches = event_types == search
     item_ids[searches] = PAD_INDEX  # searches name no item
-    query_table = rng.normal(0, 0.3, size=(int(searches.sum()) + 1, cfg.dim)).astype(np.float32)
+    query_table = _text_vectors(rng, int(searches.sum()) + 1, cfg.dim, cfg.search_dim)
     query_table[0] = 0.0
     query_ids = np.zeros((batch, length), dtype=np.int64)
     query_ids[searches] = np.arange(1, len(query_table))
     exclude_ids = rng.integers(0, total + 1, size=(batch, 7), dtype=np.int64)
-    extra_items = rng.normal(0, 0.3, size=(extra, cfg.dim)).astype(np.float32)
+    extra_items = _text_vectors(rng, extra, cfg.dim, cfg.search_dim)
     # click feedback: most items near no bias, some pushed far up or down
     extra_bias = rng.normal(0, 1.0, size=extra).astype(np.float32)
     extra_bias[::7] *= 5.0
@@ -92,6 +92,10 @@ def ranker_inputs(
     item_added = (today - rng.uniform(0, 365, size=total + 1)).astype(np.float32)
     item_added[-3:] = today + 5.0  # added after the list's time: no age term
     user_days = (today + rng.uniform(0, 1, size=batch)).astype(np.float32)
+    # seconds from each event to the list: gaps of about a minute, some of hours
+    gaps = rng.exponential(60.0, size=(batch, length)) * rng.choice([1, 1, 1, 100], (batch, length))
+    event_ages = np.cumsum(gaps[:, ::-1], axis=1)[:, ::-1] - gaps[:, -1:]
+    event_ages = np.where(event_types > 0, event_ages, 0.0).astype(np.float32)
     return {
         "item_ids": item_ids,
         "event_types": event_types,
@@ -102,8 +106,16 @@ def ranker_inputs(
         "blocked_ids": blocked_ids,
         "item_added": item_added,
         "user_days": user_days,
+        "event_ages": event_ages,
         "exclude_ids": exclude_ids,
     }
+
+
+def _text_vectors(rng: np.random.Generator, rows: int, dim: int, search_dim: int) -> np.ndarray:
+    """``rows`` query-shaped vectors: a ranker part, then a unit search part."""
+    taste = rng.normal(0, 0.3, size=(rows, dim))
+    search = unit_rows(rng.normal(0, 1.0, size=(rows, search_dim)))
+    return np.hstack([taste, search]).astype(np.float32)
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -307,7 +319,8 @@ def check_item_tower(
     )
     rebuilt = id_vectors[0] + onnx_text  # every item as if it were new: id part of row 0
     with torch.no_grad():
-        trained = model.item_matrix()[1:].numpy()
+        trained = model.query_vectors(model.item_text[1:]).numpy()
+        trained[:, : model.config.dim] = model.item_matrix()[1:].numpy()
         as_new = id_vectors[1:] + onnx_text
     vector_diff = float(np.abs(as_new - trained).max())
     problems = []
@@ -317,7 +330,7 @@ def check_item_tower(
     inputs["extra_items"] = rebuilt.astype(np.float32)
     with torch.no_grad():
         reference = (
-            torch.from_numpy(id_vectors[0]) + model.project_text(model.item_text[1:])
+            torch.from_numpy(id_vectors[0]) + model.query_vectors(model.item_text[1:])
         ).numpy()
         torch_inputs = {**inputs, "extra_items": reference}
         expected = [t.numpy() for t in model(*(torch.from_numpy(v) for v in torch_inputs.values()))]

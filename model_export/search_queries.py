@@ -140,9 +140,9 @@ def decade_words(decade: int) -> str:
     return f"{decade % 100:02d}s" if decade >= 1930 else f"{decade}s"
 
 
-def relevance(query: Descriptive, text: str) -> int:
+def relevance(query: Descriptive, text: str | ItemText) -> int:
     """Graded relevance of the item with ``text`` to ``query``: 2, 1 or 0 (see module)."""
-    item = ItemText.parse(text)
+    item = ItemText.parse(text) if isinstance(text, str) else text
     if not set(query.genres) <= set(item.genres):
         return 0
     same_decade = item.year is not None and item.year // 10 * 10 == query.decade

@@ -92,6 +92,8 @@ class Split:
     #: [num_items + 1] when each item first appears in the events, in days (row 0 and items
     #: never seen: the last event's time); the model's item age is counted from it.
     added_days: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    #: The catalogue's item ids: ``item_ids[i]`` has model index ``i + 1``.
+    item_ids: tuple[str, ...] = ()
 
     def evaluated(self) -> list[UserSequence]:
         """Users that have validation and test targets."""
@@ -217,4 +219,4 @@ def build_split(events: Iterable[Event], items: Sequence[str]) -> Split:
     added = np.full(len(items) + 1, latest, dtype=np.float64)
     for item, day in first_seen.items():
         added[item] = day
-    return Split(tuple(sequences), len(items), tuple(query_index), added)
+    return Split(tuple(sequences), len(items), tuple(query_index), added, tuple(items))

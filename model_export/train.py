@@ -1,13 +1,16 @@
 """Training: fine-tune MiniLM on behaviour, then the sequence ranker, early-stopped on NDCG@10.
 
 1. **Text encoder** (:mod:`model_export.text`): contrastive pairs from the training split, an
-   item with the item clicked next, and each item's synthetic query (its text up to the
-   first ``" | "``, e.g. the title) with the item.
+   item with the item clicked next, and a query as people type it with the item it names
+   (:func:`training_queries`: the exact title, the title as said, without year or article,
+   its first words, a typo, lower case, a decade-and-genre description), never for the
+   held-out items (``search_held_out``, :func:`model_export.search_queries.held_out`).
 2. **Ranker** (:mod:`model_export.model`): every training event predicts the user's next
    click; softmax over the catalogue (cross-entropy) less what a list there could not
    show (items the window's events up to it exclude, items not added yet), AdamW. A share
-   of clicks (``search_rate``) is shown as the search for that item, so the query path is
-   trained.
+   of the events before a click (``found_rate``) is shown as a search for the item clicked
+   next, its query drawn from the item's query families, so the query path and the search
+   term's weight and fade are trained (held-out items are never searched for).
    After each epoch the validation split is scored (full ranking, exclusion policy
    applied); training stops after ``patience`` epochs without a better NDCG@10 and keeps
    the best epoch.
@@ -32,13 +35,13 @@ from tqdm import tqdm
 
 from model_export.cooccurrence import CoocConfig, cooccurrence
 from model_export.model import (
-    CLICK,
     MASK_SCORE,
     RELEASE_SLACK_DAYS,
     RankerConfig,
     SequenceRanker,
 )
 from model_export.ranking import ranking_metrics, top_k
+from model_export.search_queries import TITLE_FAMILIES, descriptive_query, held_out, title_queries
 from model_export.split import PURCHASE, EvalExamples, Horizon, Split, TrainWindows
 from model_export.text import TextConfig, TextEncoder, embed, finetune, text_tokenizer
 from stream.manifest import EVENT_TYPE_IDS, PAD_INDEX
@@ -58,11 +61,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 3
     seed: int = 7
-    search_rate: float = 0.05
-    found_rate: float = 0.05  # share of events shown as a search for the item clicked next
+    found_rate: float = 0.1  # share of events shown as a search for the item clicked next
     max_windows: int = 0  # 0 = all; small values make a tiny model for tests
     cooc_folds: int = 5  # out-of-fold co-occurrence priors in training (< 2: no folds)
     text_pairs: int = 20_000
+    text_query_share: float = 0.8  # share of the text pairs that name an item by a query
+    search_held_out: float = 0.1  # share of items whose queries are never trained on
     cold_rate: float = 0.1  # share of items shown by text alone in each batch (new items)
     mask_unreleased: bool = True  # items added over a day after a position: not candidates
     exclude: ExcludePolicy = "seen"
@@ -91,7 +95,9 @@ class _Text:
 
     items: torch.Tensor  # [num_items, text_dim]
     queries: torch.Tensor  # [len(split.queries), text_dim]
-    synthetic: torch.Tensor  # [num_items + 1, text_dim] synthetic query per item; row 0 zeros
+    #: [families, num_items + 1, text_dim]: each item's query of each family; row 0 zeros
+    searches: torch.Tensor
+    searchable: torch.Tensor  # bool [num_items + 1]: items whose queries are trained on
 
 
 @dataclass(frozen=True)
@@ -107,13 +113,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def synthetic_query(text: str) -> str:
-    """What a user would type to find an item: its text up to the first ``" | "``."""
-    return text.split(QUERY_SEPARATOR, 1)[0]
+def training_queries(text: str, seed: int) -> list[str]:
+    """An item's queries as people type them: one per title family, then a description.
+
+    :mod:`model_export.search_queries` says how each is made; an item without a year or a
+    genre has its exact title again in place of a description.
+    """
+    queries = title_queries(text, seed)
+    described = descriptive_query(text, seed)
+    return [queries[f] for f in TITLE_FAMILIES] + [
+        described.text if described else queries["exact"]
+    ]
 
 
-def text_pairs(split: Split, texts: Sequence[str], limit: int, seed: int) -> list[tuple[str, str]]:
-    """(item, next item) and (synthetic query, item) text pairs from the training split."""
+def searchable_items(split: Split, share: float) -> np.ndarray:
+    """Bool ``[num_items + 1]``: items whose queries may be trained on (not held out)."""
+    ids = split.item_ids or tuple(str(i) for i in range(1, split.num_items + 1))
+    return np.array([False] + [not held_out(i, share) for i in ids])
+
+
+def text_pairs(
+    split: Split,
+    texts: Sequence[str],
+    searchable: np.ndarray,
+    limit: int,
+    seed: int,
+    query_share: float = 0.8,
+) -> list[tuple[str, str]]:
+    """(item, next item) and (query, item) text pairs from the training split.
+
+    ``query_share`` of the pairs name a searchable item by one of its queries (a family and
+    a typo drawn per pair), the others follow clicks.
+    """
     rng = random.Random(seed)  # noqa: S311 - reproducible sampling, not security
     follow = [
         (texts[a - 1], texts[b - 1])
@@ -121,21 +152,29 @@ def text_pairs(split: Split, texts: Sequence[str], limit: int, seed: int) -> lis
         for a, b in zip(seq[:-1].tolist(), seq[1:].tolist(), strict=True)
         if a != b
     ]
-    named = [(synthetic_query(t), t) for t in texts]
     rng.shuffle(follow)
+    follow = follow[: int(limit * (1 - query_share))]
+    named_items = [i for i in range(len(texts)) if searchable[i + 1]]
+    named = []
+    for n in range(limit - len(follow)):
+        item = named_items[n % len(named_items)] if named_items else None
+        if item is None:
+            break
+        queries = training_queries(texts[item], seed + n // max(1, len(named_items)))
+        named.append((rng.choice(queries), texts[item]))
     rng.shuffle(named)
-    return follow[: limit // 2] + named[: limit - min(len(follow), limit // 2)]
+    return follow + named
 
 
 def query_vectors(
     ranker: SequenceRanker, query_ids: torch.Tensor, query_text: torch.Tensor
-) -> torch.Tensor:
-    """Ranker-space vectors for ``query_ids`` (``-1``: no query, a zero vector)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranker-space and search vectors for ``query_ids`` (``-1``: no query, zero vectors)."""
     has = query_ids >= 0
     text = torch.zeros(*query_ids.shape, ranker.config.text_dim)
     if has.any():
         text[has] = query_text[query_ids[has]]
-    return ranker.project_text(text) * has.unsqueeze(-1)
+    return ranker.project_text(text) * has.unsqueeze(-1), ranker.search_vectors(text)
 
 
 @torch.no_grad()
@@ -149,9 +188,13 @@ def predict(
         rows = slice(start, start + batch)
         item_ids = torch.from_numpy(examples.item_ids[rows])
         event_types = torch.from_numpy(examples.event_types[rows])
-        queries = query_vectors(ranker, torch.from_numpy(examples.query_ids[rows]), query_text)
+        queries, search = query_vectors(
+            ranker, torch.from_numpy(examples.query_ids[rows]), query_text
+        )
         now = torch.from_numpy(examples.days[rows]).float()
-        parts.append(ranker.logits(item_ids, event_types, queries, now=now).numpy())
+        query = ranker.faded_query(event_types, search, None)  # MovieLens has no search times
+        scores = ranker.logits(item_ids, event_types, queries, now=now, search_query=query)
+        parts.append(scores.numpy())
     return np.concatenate(parts)
 
 
@@ -203,20 +246,27 @@ def train(
     added = torch.from_numpy(split.added_days).float()
     ranker.set_item_added(added)
     encoder = tokenizer = None
-    text = _Text(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, 0))
+    searchable = searchable_items(split, config.search_held_out)
+    text = _Text(*(torch.zeros(0, 0),) * 3, torch.from_numpy(searchable))
     if model_config.use_text:
         encoder = TextEncoder.from_pretrained()
         tokenizer = text_tokenizer(config.text.max_tokens)
-        pairs = text_pairs(split, texts, config.text_pairs, config.seed)
+        pairs = text_pairs(
+            split, texts, searchable, config.text_pairs, config.seed, config.text_query_share
+        )
         report["text_finetune"] = finetune(
             encoder, tokenizer, pairs, config.text, seed=config.seed, progress=progress
         )
+        report["search_held_out_items"] = int((~searchable[1:]).sum())
         item_text = embed(encoder, tokenizer, texts)
-        synthetic = embed(encoder, tokenizer, [synthetic_query(t) for t in texts])
+        families = list(zip(*(training_queries(t, config.seed) for t in texts), strict=True))
+        searches = np.stack([embed(encoder, tokenizer, list(f)) for f in families])
+        searches = np.concatenate([np.zeros_like(searches[:, :1]), searches], axis=1)
         text = _Text(
             items=torch.from_numpy(item_text),
             queries=torch.from_numpy(embed(encoder, tokenizer, split.queries)),
-            synthetic=torch.from_numpy(np.concatenate([np.zeros_like(synthetic[:1]), synthetic])),
+            searches=torch.from_numpy(searches),
+            searchable=text.searchable,
         )
         ranker.set_item_text(text.items)
     report["text_seconds"] = round(time.perf_counter() - started, 1)
@@ -286,21 +336,23 @@ def _fit(
         for fold, rows in bar:
             item_ids = torch.from_numpy(windows.item_ids[rows])
             event_types = torch.from_numpy(windows.event_types[rows])
-            queries = query_vectors(ranker, torch.from_numpy(windows.query_ids[rows]), text.queries)
+            queries, search = query_vectors(
+                ranker, torch.from_numpy(windows.query_ids[rows]), text.queries
+            )
             targets = torch.from_numpy(windows.targets[rows])
             excluded = (
                 _excluded(item_ids, event_types, targets, config.exclude, ranker.config.num_items)
                 if config.mask_excluded and config.exclude != "none"
                 else None
             )
-            if ranker.config.use_text and config.search_rate + config.found_rate > 0:
-                item_ids, event_types, queries = _as_searches(
+            if ranker.config.use_text and config.found_rate > 0:
+                item_ids, event_types, queries, search = _as_searches(
                     ranker,
                     item_ids,
                     event_types,
-                    queries,
+                    (queries, search),
                     targets,
-                    text.synthetic,
+                    text,
                     config,
                     generator,
                 )
@@ -308,7 +360,7 @@ def _fit(
             prior = folds[fold] if folds else None
             cold = _cold_items(ranker.config.num_items, config.cold_rate, generator)
             days = torch.from_numpy(windows.days[rows])
-            logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days)
+            logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days, search)
             if config.mask_unreleased:
                 logits = _released(logits, ranker.item_added, days, targets)
             if excluded is not None:
@@ -427,24 +479,34 @@ def _as_searches(
     ranker: SequenceRanker,
     item_ids: torch.Tensor,
     event_types: torch.Tensor,
-    queries: torch.Tensor,
+    queries: tuple[torch.Tensor, torch.Tensor],
     targets: torch.Tensor,
-    synthetic_text: torch.Tensor,
+    text: _Text,
     config: TrainConfig,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Show some events as searches (item unknown, query vector given).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Show some events as searches (item unknown, query vectors given).
 
-    A share of clicks (``search_rate``) become the search for their own item; a share of
-    events before a click (``found_rate``) become the search for the item clicked next, as
-    a shop's users search for an item and then open it. The second is what teaches a search
-    for a title to rank the item of that title, new items included.
+    A share of the events before a click (``found_rate``) become a search for the item
+    clicked next, as a shop's users search for an item and then open it: what teaches a
+    search to rank the item it names (new items included), and, over the positions after
+    it, how fast the search stops counting. Each query is one of the item's query
+    families, drawn per search; held-out items are never searched for. (A click shown as a
+    search for its own item would teach the opposite: its item is excluded from then on,
+    so the search would boost only its neighbours, never the item clicked next.) Returns
+    item ids, event types, ranker-space and search vectors.
     """
     draw = torch.rand(event_types.shape, generator=generator)
-    own = (event_types == CLICK) & (draw < config.search_rate)
-    found = ~own & (event_types > 0) & (targets > 0) & (draw > 1 - config.found_rate)
-    searched = item_ids.masked_fill(~own, 0) + targets.masked_fill(~found, 0)
-    pick = own | found
-    queries = queries.clone()
-    queries[pick] = ranker.project_text(synthetic_text[searched[pick]])
-    return item_ids.masked_fill(pick, 0), event_types.masked_fill(pick, SEARCH), queries
+    pick = (event_types > 0) & (targets > 0) & (draw < config.found_rate)
+    pick &= text.searchable[targets]
+    family = torch.randint(len(text.searches), event_types.shape, generator=generator)
+    chosen = text.searches[family[pick], targets[pick]]
+    taste, search = (q.clone() for q in queries)
+    taste[pick] = ranker.project_text(chosen)
+    search[pick] = ranker.search_vectors(chosen)
+    return (
+        item_ids.masked_fill(pick, 0),
+        event_types.masked_fill(pick, SEARCH),
+        taste,
+        search,
+    )

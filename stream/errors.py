@@ -28,6 +28,18 @@ class InvalidEvent(StreamrecError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class InvalidRequest(StreamrecError):
+    """A web request breaks its contract (answered 400 with :attr:`reason` and the detail).
+
+    Callers should fix the parameter the reason names.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
 class ModelLoadError(StreamrecError):
     """The model directory cannot be served.
 

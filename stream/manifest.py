@@ -8,13 +8,17 @@ tokenizer (``tokenizer.json``) and optionally its int8 variant for CPUs
 for items whose text changes after export and, in row 0, for new items), and
 ``manifest.json`` naming each file with its sha256 and each trained item with its text.
 
-Format 4 (features ``streamrec.history/5``) serves a living catalogue: the ranker takes the
-vectors of items added after export (``extra_items``), a score bias for each of them learnt
-from their clicks (``extra_bias``, :mod:`stream.feedback`) and the items no list may hold
-(``blocked_ids``) as inputs, and returns with the lists each extra item's probability summed
-over the batch (``extra_mass``), what the bias is fit against. Directories of format 3 (no
-click feedback) and 2 (the item set baked into the graph) are refused with a message to
-re-export.
+Format 5 (features ``streamrec.history/6``) answers searches: every query vector (and every
+extra item's vector) is the ranker part (``query_dim - search_dim`` wide) then the search
+part (``search_dim``, the fine-tuned MiniLM's unit vector), and the ranker adds to each item's
+score its search term, the history's searches against the item's text, faded by the events
+since each search and by the seconds since it (``event_ages``). It serves a living catalogue
+as format 4 did: the vectors of items added after export (``extra_items``), a score bias for
+each of them learnt from their clicks (``extra_bias``, :mod:`stream.feedback`) and the items
+no list may hold (``blocked_ids``) are inputs, and each extra item's probability summed over
+the batch (``extra_mass``), what the bias is fit against, an output. Directories of format 4
+(no search term), 3 (no click feedback) and 2 (the item set baked into the graph) are
+refused with a message to re-export.
 ``model_export`` writes it with :func:`write_manifest`; the worker and the replay tool read
 it with :func:`load_manifest`, which refuses a directory whose format, feature set or file
 hashes do not match.
@@ -31,10 +35,10 @@ import orjson
 
 from stream.errors import ModelLoadError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MANIFEST_FILE = "manifest.json"
 #: The input set the worker knows how to build from a :class:`~stream.context.UserContext`.
-FEATURES = "streamrec.history/5"
+FEATURES = "streamrec.history/6"
 #: Model index of an item: ``items[i]`` has index ``i + 1``; 0 is padding / unknown.
 PAD_INDEX = 0
 #: Milliseconds in a day: times reach the ranker in days since the epoch (item age).
@@ -52,7 +56,7 @@ class TensorSpec:
     shape: tuple[int | str, ...]
 
 
-#: Inputs and outputs a ``streamrec.history/5`` ranker must have. ``query_table`` holds the
+#: Inputs and outputs a ``streamrec.history/6`` ranker must have. ``query_table`` holds the
 #: query encoder outputs of a batch's distinct search queries (row 0 zeros); ``query_ids``
 #: names, for each search event in the history, its row (0 elsewhere). ``extra_items`` are
 #: the vectors of items ``len(items) + 1`` onwards (items the model was not exported with;
@@ -60,7 +64,9 @@ class TensorSpec:
 #: ``blocked_ids`` are indices no user's list may hold (at least one
 #: entry: 0, padding, when nothing is blocked); ``item_added`` says when each item (padding,
 #: trained, extra) was added and ``user_days`` when each user's list is made, in days since
-#: the epoch (the item-age terms); ``exclude_ids`` are per user. ``extra_mass`` is each extra
+#: the epoch (the item-age terms); ``event_ages`` how many seconds before the list each
+#: history event happened (the search term's fade; 0 for padding); ``exclude_ids`` are per
+#: user. ``extra_mass`` is each extra
 #: item's softmax probability (before its bias; excluded and blocked items have none)
 #: summed over the batch's first 32 users and scaled to the batch.
 RANKER_INPUTS = (
@@ -73,6 +79,7 @@ RANKER_INPUTS = (
     TensorSpec("blocked_ids", "int64", ("blocked",)),
     TensorSpec("item_added", "float32", ("items",)),
     TensorSpec("user_days", "float32", ("batch",)),
+    TensorSpec("event_ages", "float32", ("batch", "history")),
     TensorSpec("exclude_ids", "int64", ("batch", "excluded")),
 )
 RANKER_OUTPUTS = (
@@ -96,9 +103,10 @@ TOKENIZER = "tokenizer"
 #: Unit item vectors ``[len(items) + 1, dim]`` (float32 ``.npy``, row 0 padding) that
 #: diversity re-ranking compares (:mod:`stream.diversity`).
 ITEM_VECTORS = "item_vectors"
-#: The id part of each trained item's ranker vector ``[len(items) + 1, query_dim]`` (float32
-#: ``.npy``); row 0 is the id part of an item the model never saw. An item's ``extra_items``
-#: row is its id part plus the query encoder's vector of its text (the item tower).
+#: The id part of each trained item's ranker vector, zero-padded to ``[len(items) + 1,
+#: query_dim]`` (float32 ``.npy``); row 0 is the id part of an item the model never saw. An
+#: item's ``extra_items`` row is its id part plus the query encoder's vector of its text (the
+#: item tower): ranker part and search part.
 ITEM_ID_VECTORS = "item_id_vectors"
 FILE_ROLES = (
     RANKER,
@@ -136,6 +144,8 @@ class ModelManifest:
     item_texts: tuple[str, ...] = ()
     #: When each trained item was added (first seen in the training log), epoch ms.
     item_added_ms: tuple[int, ...] = ()
+    #: Width of the search part at the end of each query vector (0: no search term).
+    search_dim: int = 0
     format_version: int = FORMAT_VERSION
     features: str = FEATURES
     inputs: tuple[TensorSpec, ...] = RANKER_INPUTS
@@ -196,8 +206,8 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> ModelMa
         found = body.get("format_version") if isinstance(body, dict) else type(body).__name__
         msg = (
             f"{path}: format_version {found!r} is not supported (this streamrec reads "
-            f"{FORMAT_VERSION}, whose ranker takes the live catalogue's items and their click "
-            "feedback as inputs); "
+            f"{FORMAT_VERSION}, whose ranker answers searches with a query–item term beside the "
+            "live catalogue's items and their click feedback); "
             "re-export the model with this version of model_export: `make model`, or "
             f"python -m model_export export --checkpoint CHECKPOINT --out {model_dir}"
         )
@@ -258,6 +268,7 @@ def _from_dict(body: dict[str, Any]) -> ModelManifest:
         created_at=str(body["created_at"]),
         item_texts=tuple(str(t) for t in body["item_texts"]),
         item_added_ms=tuple(int(t) for t in body["item_added_ms"]),
+        search_dim=int(body["search_dim"]),
         format_version=int(body["format_version"]),
         features=str(body["features"]),
         inputs=specs["inputs"],
@@ -266,6 +277,9 @@ def _from_dict(body: dict[str, Any]) -> ModelManifest:
         versions=dict(body.get("versions", {})),
         training=dict(body.get("training", {})),
     )
+    if not 0 <= manifest.search_dim < manifest.query_dim:
+        msg = "search_dim must be at least 0 and below query_dim"
+        raise ValueError(msg)
     if not manifest.items or manifest.history_length < 1 or manifest.max_k < 1:
         msg = "items, history_length and max_k must be non-empty / positive"
         raise ValueError(msg)

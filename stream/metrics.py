@@ -24,6 +24,7 @@ BUCKETS: dict[str, tuple[float, ...]] = {
     "batch_cut_to_publish_ms": _MS,
     "event_to_list_ms": _MS,
     "catalogue_freshness_ms": _MS,
+    "search_ms": _MS,
 }
 
 

@@ -205,6 +205,13 @@ class ScoringPipeline(Service):
                 lists[row], versions[row], arms[row] = ranked, scorer.model_version, model.arm
         return ScoredBatch(lists, versions, arms)
 
+    def model_for(self, user_id: str) -> ServedModel:
+        """The model that scores ``user_id``: the only one, or the user's arm's."""
+        if self.experiment is None:
+            return self.models[0]
+        arm = self.experiment.assign(user_id).name
+        return next(m for m in self.models if m.arm == arm)
+
     def _by_model(self, users: Sequence[PendingUser]) -> list[tuple[ServedModel, list[int]]]:
         """The batch's rows each model scores: all of them, or each arm's users."""
         if self.experiment is None:

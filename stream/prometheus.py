@@ -56,6 +56,8 @@ HELP = {
     "catalogue_invalid": "Catalogue records routed to the dead-letter topic.",
     "catalogue_item_sets": "Item sets built after catalogue changes (new items scorable).",
     "latest_list_writes_failed": "Batches whose lists could not be stored for the lookup.",
+    "searches": "Searches answered on /search/.",
+    "search_bad_requests": "/search/ requests refused with 400.",
     "arm_lists": "Lists published, by experiment arm (none: no experiment).",
     "arm_users": "Users given their first list by this worker, by arm.",
     "arm_clicks": "Clicks on an item of the user's latest list within the window, by arm.",

@@ -1,4 +1,4 @@
-"""Wire contracts, defined once: the event, the catalogue record, the list, the dead letter.
+"""Wire contracts, defined once: event, catalogue record, list, dead letter, search result.
 
 Each contract is versioned (``v``) and has a JSON Schema in ``stream/schemas/``, reproduced
 in docs/contracts.md. The worker validates events with :func:`parse_event` (hand-written
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from stream.errors import InvalidEvent
+from stream.errors import InvalidEvent, InvalidRequest
 from stream.settings import Settings
 
 EVENT_VERSION = 1
@@ -23,6 +24,7 @@ RECOMMENDATION_VERSION = 1
 #: A list scored inside an experiment: version 1 plus ``experiment`` and ``arm``.
 EXPERIMENT_RECOMMENDATION_VERSION = 2
 DEAD_LETTER_VERSION = 1
+SEARCH_RESULT_VERSION = 1
 
 EVENT_TYPES = ("click", "search", "purchase")
 _EVENT_FIELDS = frozenset({"v", "event_id", "user_id", "type", "item_id", "query", "ts"})
@@ -322,3 +324,73 @@ def dead_letter(
             "ts": ts,
         }
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """``GET /search/?user_id=…&q=…&k=…``: a search ranked with the user's context.
+
+    ``user_id`` follows the ids' rule, ``q`` the search event's query rule (not blank, at
+    most ``max_query_chars``), ``k`` is 1..``max_k`` (the model's), ``default_k`` if absent.
+    """
+
+    user_id: str
+    query: str
+    k: int
+
+    @classmethod
+    def parse(
+        cls, params: Mapping[str, str], limits: Limits, max_k: int, default_k: int
+    ) -> SearchRequest:
+        """Read the request's query parameters.
+
+        Raises:
+            InvalidRequest: naming the parameter at fault (answered 400).
+        """
+        try:
+            user_id = _id(dict(params), "user_id", limits.max_id_chars)
+            query = _query({"query": params.get("q")}, limits.max_query_chars)
+        except InvalidEvent as exc:
+            reason = exc.reason.replace("query", "q")
+            raise InvalidRequest(reason, exc.detail.replace("query", "q")) from None
+        raw_k = params.get("k")
+        if raw_k is None:
+            return cls(user_id, query, min(default_k, max_k))
+        if not raw_k.isdigit() or not 1 <= int(raw_k) <= max_k:
+            raise InvalidRequest("bad_k", f"k must be an integer from 1 to {max_k}, got {raw_k!r}")
+        return cls(user_id, query, int(raw_k))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """What ``/search/`` answers (contract ``search_result`` v1).
+
+    ``personalised`` says whether the user's context ranked the results (false: the user
+    has none yet, the query's results alone). Inside an experiment ``experiment`` and
+    ``arm`` name the user's arm, whose model answered; outside they are ``null``.
+    """
+
+    user_id: str
+    query: str
+    items: list[tuple[str, float]]
+    model_version: str
+    personalised: bool
+    generated_ts: int
+    experiment: str | None = None
+    arm: str | None = None
+
+    def to_json(self) -> bytes:
+        """Serialise in the contract."""
+        return orjson.dumps(
+            {
+                "v": SEARCH_RESULT_VERSION,
+                "user_id": self.user_id,
+                "query": self.query,
+                "items": [{"item_id": i, "score": round(s, 6)} for i, s in self.items],
+                "model_version": self.model_version,
+                "personalised": self.personalised,
+                "generated_ts": self.generated_ts,
+                "experiment": self.experiment,
+                "arm": self.arm,
+            }
+        )

@@ -249,7 +249,10 @@ class Scorer:
         return self.items.item_index(item_id)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """The item tower's text part ``[len(texts), dim]`` (zeros for a model without text)."""
+        """The item tower's text part ``[len(texts), query_dim]``: ranker part, search part.
+
+        Zeros for a model without text.
+        """
         vectors = np.zeros((len(texts), self.manifest.query_dim), dtype=np.float32)
         if self.queries is None:
             return vectors
@@ -284,6 +287,7 @@ class Scorer:
         item_ids = np.zeros((batch, history), dtype=np.int64)
         event_types = np.zeros((batch, history), dtype=np.int64)
         query_ids = np.zeros((batch, history), dtype=np.int64)
+        event_ages = np.zeros((batch, history), dtype=np.float32)
         searches: list[tuple[int, int, str]] = []
         exclude_ids = exclude_matrix(
             [[index(i) for i in ctx.excluded_items(self.exclude)] for ctx in contexts]
@@ -291,9 +295,11 @@ class Scorer:
         for row, ctx in enumerate(contexts):
             recent = ctx.events[-history:]
             start = history - len(recent)  # left-padded: the newest event is last
+            now = recent[-1].ts if recent else 0  # a list is made at its newest event
             for col, ev in enumerate(recent, start):
                 item_ids[row, col] = index(ev.item_id)
                 event_types[row, col] = EVENT_TYPE_IDS[ev.type]
+                event_ages[row, col] = max(0, now - ev.ts) / 1000
                 if ev.query:
                     searches.append((row, col, ev.query))
         query_table = np.zeros((1, self.manifest.query_dim), dtype=np.float32)
@@ -313,6 +319,7 @@ class Scorer:
             "blocked_ids": items.blocked,
             "item_added": items.added_days,
             "user_days": days([ctx.events[-1].ts if ctx.events else 0 for ctx in contexts]),
+            "event_ages": event_ages,
             "exclude_ids": exclude_ids,
         }
 
@@ -356,9 +363,17 @@ class Scorer:
         return cached[1]
 
     def decode(
-        self, scores: np.ndarray, indices: np.ndarray, items: ItemSet | None = None
+        self,
+        scores: np.ndarray,
+        indices: np.ndarray,
+        items: ItemSet | None = None,
+        top_k: int | None = None,
     ) -> list[RankedList]:
-        """Turn the ranker's outputs into ``top_k`` (item_id, score) lists, masked items dropped."""
+        """Turn the ranker's outputs into ``top_k`` (item_id, score) lists, masked items dropped.
+
+        ``top_k`` defaults to the scorer's (``STREAMREC_TOP_K``); at most the model's max_k.
+        """
+        top_k = top_k or self.top_k
         lists = []
         item_ids = (items or self.items).ids
         for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
@@ -367,7 +382,7 @@ class Scorer:
                 for s, i in zip(row_scores, row_indices, strict=True)
                 if s > MASKED_SCORE and i != PAD_INDEX
             ]
-            lists.append(ranked[: self.top_k])
+            lists.append(ranked[:top_k])
         return lists
 
     def observe(self, event: Event) -> None:
@@ -391,8 +406,14 @@ class Scorer:
             return np.zeros(items.num_extra, dtype=np.float32)
         return self.feedback.bias(self._slots(items))
 
-    def score(self, contexts: Sequence[UserContext]) -> list[RankedList]:
-        """Rank items for each context (blocking; call from an executor in async code)."""
+    def score(
+        self, contexts: Sequence[UserContext], top_k: int | None = None
+    ) -> list[RankedList]:
+        """Rank items for each context (blocking; call from an executor in async code).
+
+        Lists hold ``top_k`` items (the scorer's by default, at most the model's max_k).
+        """
+        top_k = top_k or self.top_k
         if not contexts:
             return []
         items = self.items  # the item set this batch is scored over, start to end
@@ -403,9 +424,9 @@ class Scorer:
         if self.item_vectors is not None:
             valid = (scores > MASKED_SCORE) & (indices != PAD_INDEX)
             scores, indices = rerank(
-                scores, indices, valid, self._diversity_vectors(items), self.top_k, self.diversity
+                scores, indices, valid, self._diversity_vectors(items), top_k, self.diversity
             )
-        return self.decode(scores, indices, items)
+        return self.decode(scores, indices, items, top_k)
 
     def _diversity_vectors(self, items: ItemSet) -> np.ndarray:
         """Unit vectors of the trained items, then of ``items``' extra ones."""
@@ -414,6 +435,7 @@ class Scorer:
             return self.item_vectors
         cached = self._unit_extra
         if cached is None or cached[0] is not items:
-            cached = (items, np.vstack([self.item_vectors, unit_rows(items.extra)]))
+            ranker_part = items.extra[:, : self.item_vectors.shape[1]]
+            cached = (items, np.vstack([self.item_vectors, unit_rows(ranker_part)]))
             self._unit_extra = cached
         return cached[1]

@@ -1,12 +1,13 @@
-"""The worker's web endpoints: stats, probes, Prometheus metrics, a user's context and list.
+"""The worker's web endpoints: stats, probes, metrics, a user's context, list and search.
 
 ``/stats/`` (JSON), ``/ready/`` and ``/live/`` (probes), ``/metrics`` (Prometheus, see
-:mod:`stream.prometheus`), ``/context/<user_id>/`` and ``/recommendations/<user_id>/``, both
-routed to the worker that owns the user's partition (Faust's topic routing: any worker
-answers, forwarding the request, its headers included, when the partition is another's).
-:func:`stream.agents.install` installs them with the worker's runtime.
+:mod:`stream.prometheus`), ``/context/<user_id>/``, ``/recommendations/<user_id>/`` and
+``/search/?user_id=…&q=…&k=…`` (:mod:`stream.search`), each routed to the worker that owns
+the user's partition (Faust's topic routing: any worker answers, forwarding the request, its
+headers included, when the partition is another's). :func:`stream.agents.install` installs
+them with the worker's runtime.
 
-The two per-user endpoints are private: with ``STREAMREC_WEB_TOKEN`` set they answer 401
+The per-user endpoints are private: with ``STREAMREC_WEB_TOKEN`` set they answer 401
 unless the request carries ``Authorization: Bearer <token>`` (compared in constant time),
 and ``/context/`` (raw search queries among a user's events) answers 404 unless
 ``STREAMREC_CONTEXT_VIEW=true``. The probes, ``/stats/`` and ``/metrics`` hold no user's
@@ -15,16 +16,23 @@ data and stay open.
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
-from stream.context import UserContext
+from stream.context import ContextLimits, UserContext
+from stream.errors import InvalidRequest, ModelLoadError
 from stream.prometheus import install as install_prometheus
+from stream.records import Limits, SearchRequest
 from stream.runtime import Runtime
+from stream.search import search
 from stream.settings import Settings
+
+Handler = Callable[[Any, Request], Awaitable[Response]]
 
 
 def refusal(settings: Settings, request: Request) -> str | None:
@@ -103,5 +111,46 @@ def install(app: faust.App, runtime: Runtime) -> None:
         if latest is None:
             return web.json({"user_id": user_id, "found": False}, status=404)
         return web.bytes(latest, content_type="application/json")
+
+    limits, context_limits = Limits.from_settings(settings), ContextLimits.from_settings(settings)
+
+    def search_request(request: Request) -> SearchRequest:
+        scorer = runtime.pipeline.scorer
+        max_k = scorer.manifest.max_k if scorer is not None else settings.top_k
+        return SearchRequest.parse(request.query, limits, max_k, settings.top_k)
+
+    def checked(route: Handler) -> Handler:
+        """Refuse before routing: no token (401), bad parameters (400)."""
+
+        @functools.wraps(route)
+        async def handler(web: Any, request: Request) -> Response:
+            refused = refusal(settings, request)
+            if refused is not None:
+                return web.json({"error": refused}, status=401)
+            try:
+                search_request(request)
+            except InvalidRequest as exc:
+                runtime.metrics.inc("search_bad_requests")
+                return web.json({"error": exc.reason, "detail": exc.detail}, status=400)
+            return await route(web, request)
+
+        return handler
+
+    @app.page("/search/")
+    @checked
+    @app.topic_route(topic=runtime.events_topic, query_param="user_id")
+    async def search_view(web: Any, request: Request) -> Response:
+        """The query's results ranked with the user's context (contract ``search_result``)."""
+        if not runtime.table_recovered():
+            return web.json({"error": "table recovering, retry"}, status=503)
+        parsed = search_request(request)
+        context = UserContext.from_bytes(runtime.contexts.get(parsed.user_id))
+        try:
+            result = await search(
+                runtime.pipeline, parsed, context, context_limits, runtime.metrics
+            )
+        except ModelLoadError as exc:
+            return web.json({"error": str(exc)}, status=503)
+        return web.bytes(result.to_json(), content_type="application/json")
 
     install_prometheus(app, runtime.metrics, runtime.stats)

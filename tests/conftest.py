@@ -43,6 +43,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path)
 
 
 @pytest.fixture(scope="session")
+def shipped_model_dir(request: pytest.FixtureRequest) -> Path:
+    """The model the host ships (``STREAMREC_MODEL_DIR``, e.g. ``make model``'s) where one is
+    set, else the tiny one: the tests of product claims run on it."""
+    shipped = os.environ.get("STREAMREC_MODEL_DIR")
+    return Path(shipped) if shipped else request.getfixturevalue("tiny_model_dir")
+
+
+@pytest.fixture(scope="session")
 def tiny_no_text_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> Path:
     """A second real tiny model, without the language model (an experiment's other arm)."""
     return build_tiny_model(tmp_path_factory.mktemp("model-no-text"), datasets_dir, use_text=False)

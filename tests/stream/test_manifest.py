@@ -35,21 +35,24 @@ def test_a_written_directory_loads(tiny_model_dir):
         "blocked_ids",
         "item_added",
         "user_days",
+        "event_ages",
         "exclude_ids",
     ]
     assert [s.name for s in manifest.outputs] == ["scores", "indices", "extra_mass"]
+    assert (manifest.query_dim, manifest.search_dim) == (16 + 384, 384)  # tiny: 16 wide
     assert len(manifest.item_texts) == len(manifest.items) == len(manifest.item_added_ms)
     assert min(manifest.item_added_ms) >= 874_724_710_000  # MovieLens' first rating (ms)
     assert manifest.item_texts[0].startswith("Toy Story (1995) | ")
-    assert set(manifest.files) == {
+    assert set(manifest.files) - {"query_encoder_int8"} == {
         "ranker",
         "ranker_fp16",
         "query_encoder",
-        "query_encoder_int8",
         "tokenizer",
         "item_vectors",
         "item_id_vectors",
     }
+    int8 = manifest.training["parity"]["query_encoder_int8"]["passed"]
+    assert ("query_encoder_int8" in manifest.files) == int8  # shipped only if it passed
     assert manifest.versions["torch"].startswith("2.13")
 
 
@@ -70,6 +73,13 @@ def test_a_directory_from_before_click_feedback_is_refused_saying_how_to_re_expo
     assert "python -m model_export export --checkpoint" in str(refused.value)
 
 
+def test_a_directory_from_before_the_search_term_is_refused_saying_how_to_re_export(model_copy):
+    edit_manifest(model_copy, format_version=4, features="streamrec.history/5")
+    with pytest.raises(ModelLoadError, match="format_version 4 is not supported") as refused:
+        load_manifest(model_copy)
+    assert "answers searches" in str(refused.value) and "make model" in str(refused.value)
+
+
 def test_missing_directory_says_how_to_build_one(tmp_path):
     with pytest.raises(ModelLoadError, match="make model"):
         load_manifest(tmp_path / "nowhere")
@@ -81,7 +91,6 @@ def test_missing_directory_says_how_to_build_one(tmp_path):
         "ranker.onnx",
         "ranker.fp16.onnx",
         "query_encoder.onnx",
-        "query_encoder.int8.onnx",
         "tokenizer.json",
         "item_vectors.npy",
         "item_id_vectors.npy",

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.errors import InvalidEvent
+from stream.errors import InvalidEvent, InvalidRequest
 from stream.records import (
     DEAD_LETTER_PAYLOAD_BYTES,
     ID_PATTERN,
     CatalogueRecord,
     Limits,
     Recommendation,
+    SearchRequest,
+    SearchResult,
     dead_letter,
     parse_catalogue,
     parse_event,
@@ -248,7 +250,7 @@ def test_a_control_character_anywhere_in_an_id_is_refused_by_both(control):
 
 
 def test_every_id_in_the_schemas_follows_the_one_rule():
-    for name in ("event.v1.json", "catalogue.v1.json"):
+    for name in ("event.v1.json", "catalogue.v1.json", "search_result.v1.json"):
         schema = json.loads((SCHEMAS / name).read_text())
         ids = [k for k in schema["properties"] if k.endswith("_id")]
         assert ids and all(schema["properties"][k]["pattern"] == ID_PATTERN for k in ids)
@@ -323,3 +325,44 @@ def test_parser_and_schema_accept_the_same_events(data):
     assert schema_accepts(event) and parser_accepts(event), event
     changed = data.draw(mutated(event))
     assert parser_accepts(changed) == schema_accepts(changed), changed
+
+
+# --- the search endpoint's request and result ---------------------------------------------
+
+
+def test_a_search_request_reads_its_parameters_and_defaults_k():
+    request = SearchRequest.parse({"user_id": "196", "q": "fargo"}, Limits(), 100, 20)
+    assert request == SearchRequest("196", "fargo", 20)
+    params = {"user_id": "196", "q": "fargo", "k": "100"}
+    assert SearchRequest.parse(params, Limits(), 100, 20).k == 100
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"q": "fargo"}, "missing_user_id"),
+        ({"user_id": "", "q": "fargo"}, "bad_user_id"),
+        ({"user_id": "a\nb", "q": "fargo"}, "bad_user_id"),
+        ({"user_id": "196"}, "missing_q"),
+        ({"user_id": "196", "q": "   "}, "empty_q"),
+        ({"user_id": "196", "q": "x" * 1025}, "q_too_long"),
+        ({"user_id": "196", "q": "fargo", "k": "0"}, "bad_k"),
+        ({"user_id": "196", "q": "fargo", "k": "101"}, "bad_k"),
+        ({"user_id": "196", "q": "fargo", "k": "ten"}, "bad_k"),
+        ({"user_id": "196", "q": "fargo", "k": "-3"}, "bad_k"),
+    ],
+)
+def test_a_bad_search_request_is_refused_naming_the_parameter(params, reason):
+    with pytest.raises(InvalidRequest) as refused:
+        SearchRequest.parse(params, Limits(), 100, 20)
+    assert refused.value.reason == reason
+
+
+def test_a_search_result_matches_its_schema():
+    schema = json.loads((SCHEMAS / "search_result.v1.json").read_text())
+    result = SearchResult("196", "fargo", [("275", 12.5), ("50", 3.25)], "seqrec-x", True, 1)
+    jsonschema.validate(orjson.loads(result.to_json()), schema)
+    in_arm = SearchResult("196", "fargo", [], "seqrec-x", False, 1, experiment="e", arm="b")
+    body = orjson.loads(in_arm.to_json())
+    jsonschema.validate(body, schema)
+    assert (body["experiment"], body["arm"], body["personalised"]) == ("e", "b", False)

@@ -1,6 +1,4 @@
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +10,7 @@ from stream.catalogue import Catalogue
 from stream.context import apply_event
 from stream.diversity import unit_rows
 from stream.errors import ModelLoadError
-from stream.manifest import MANIFEST_FILE, QUERY_ENCODER, QUERY_ENCODER_INT8
+from stream.manifest import MANIFEST_FILE, QUERY_ENCODER, QUERY_ENCODER_INT8, sha256_file
 from stream.records import CatalogueRecord, Event
 from stream.scorer import CPU, CUDA, Scorer, choose_providers, cuda_driver_present
 
@@ -136,7 +134,7 @@ def model_without(tiny_model_dir, tmp_path, role):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     body = orjson.loads((model / MANIFEST_FILE).read_bytes())
-    del body["files"][role]
+    body["files"].pop(role, None)  # (a model may not ship it at all)
     (model / MANIFEST_FILE).write_bytes(orjson.dumps(body))
     return model
 
@@ -148,13 +146,31 @@ def test_diversity_without_item_vectors_says_what_to_do(tiny_model_dir, tmp_path
         Scorer(model, provider="cpu", diversity=0.3)
 
 
-def test_cpu_hosts_encode_queries_with_the_int8_encoder(scorer, tiny_model_dir):
-    assert scorer.query_role == QUERY_ENCODER_INT8  # auto, on CPU, and the model has one
-    fp32 = Scorer(tiny_model_dir, provider="cpu", query_precision="fp32")
+def model_with_int8(tiny_model_dir, tmp_path):
+    """A copy of the tiny model that ships an int8 query encoder (quantised here)."""
+    from model_export.export import FILES, export_query_encoder_int8
+
+    model = tmp_path / "model-int8"
+    shutil.copytree(tiny_model_dir, model)
+    path = model / FILES[QUERY_ENCODER_INT8]
+    export_query_encoder_int8(model / FILES[QUERY_ENCODER], path)
+    body = orjson.loads((model / MANIFEST_FILE).read_bytes())
+    body["files"][QUERY_ENCODER_INT8] = {"file": path.name, "sha256": sha256_file(path)}
+    (model / MANIFEST_FILE).write_bytes(orjson.dumps(body))
+    return model
+
+
+def test_cpu_hosts_encode_queries_with_the_int8_encoder_where_the_model_ships_one(
+    tiny_model_dir, tmp_path
+):
+    model = model_with_int8(tiny_model_dir, tmp_path)
+    int8 = Scorer(model, provider="cpu")
+    assert int8.query_role == QUERY_ENCODER_INT8  # auto, on CPU, and the model has one
+    fp32 = Scorer(model, provider="cpu", query_precision="fp32")
     assert fp32.query_role == QUERY_ENCODER
     queries = ["star wars", "toy story", "a comedy from 1995"]
     a = fp32.queries.encode_uncached(queries)
-    b = scorer.queries.encode_uncached(queries)
+    b = int8.queries.encode_uncached(queries)
     cosine = (unit_rows(a) * unit_rows(b)).sum(axis=1)
     assert a.shape == b.shape and cosine.min() > 0.95
 
@@ -187,22 +203,15 @@ def test_io_binding_gives_the_plain_runs_results(tiny_model_dir, scorer):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture
-def model_for_gpu(request):
-    """The model the host ships (``STREAMREC_MODEL_DIR``) where one is set, else the tiny one."""
-    shipped = os.environ.get("STREAMREC_MODEL_DIR")
-    return Path(shipped) if shipped else request.getfixturevalue("tiny_model_dir")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (cuda_driver_present() and CUDA in ort.get_available_providers()),
     reason="needs a CUDA device and onnxruntime-gpu's CUDA provider",
 )
-def test_the_fp16_ranker_on_cuda_agrees_with_cpu(model_for_gpu):
+def test_the_fp16_ranker_on_cuda_agrees_with_cpu(shipped_model_dir):
     """Run on a GPU host: fp16 + IO binding on CUDA gives nearly the CPU's top-10s."""
-    cpu = Scorer(model_for_gpu, provider="cpu", top_k=20)
-    gpu = Scorer(model_for_gpu, provider="cuda", top_k=20)
+    cpu = Scorer(shipped_model_dir, provider="cpu", top_k=20)
+    gpu = Scorer(shipped_model_dir, provider="cuda", top_k=20)
     assert gpu.providers[0] == CUDA and gpu.ranker_role == "ranker_fp16" and gpu.io_binding
     contexts = [
         context_of(click(i, str(1 + i % 50)), click(i + 1, str(100 + i))) for i in range(64)

@@ -1,8 +1,9 @@
 """``GET /recommendations/<user_id>/``: a user's newest list from any worker, kept over restarts,
-and private: a bearer token when one is set."""
+and private: a bearer token when one is set; ``/search/`` routed like it."""
 
 from __future__ import annotations
 
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def test_the_lookup_serves_the_newest_list_from_any_worker_and_after_a_restart(
                 assert got == body
 
     check_every_user()
+    for user in list(expected)[:6]:  # /search/ is routed to the owner of the user's context too
+        answers = []
+        for port in group.ports:
+            query = urllib.parse.urlencode({"user_id": user, "q": "Star Wars (1977)", "k": "5"})
+            status, got = group.get_json(f"/search/?{query}", port=port)
+            assert status == 200 and got["personalised"], (user, port, got)
+            answers.append([i["item_id"] for i in got["items"]])
+            assert group.get_json(f"/search/?{query}", port=port, token="")[0] == 401
+        assert answers[0][0] == answers[1][0], (user, answers)  # the same owner answered
     for port in group.ports:
         for user in expected:
             for wrong in ("", "wrong", token + "x"):
