@@ -67,6 +67,8 @@ from stream.tools.search_lists import (  # noqa: E402
 )
 
 METHODS = ("model", "minilm", "bm25")
+#: One colour per method in every panel of the plot.
+COLORS = {"model": "C0", "model_no_search": "C1", "minilm": "C2", "bm25": "C3"}
 #: Texts to vectors, one method each (rows need not be unit length).
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -254,7 +256,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         width = 0.8 / len(methods)
         for i, method in enumerate(methods):
             values = [stage["families"][f]["methods"][method]["hr_at_10"]["mean"] for f in families]
-            axes.bar(np.arange(len(families)) + i * width, values, width, label=method)
+            color = COLORS.get(method)
+            axes.bar(np.arange(len(families)) + i * width, values, width, label=method, color=color)
         axes.set_xticks(np.arange(len(families)) + width * (len(methods) - 1) / 2, families)
         axes.set_ylabel("HR@10")
         axes.set_title(name if name == "encoders alone" else f"the list after a search: {name}")
