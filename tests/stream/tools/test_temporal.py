@@ -88,6 +88,7 @@ def test_the_summary_has_every_group_method_difference_and_freshness():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two tiny models trained, 29,734 clicks replayed: 394 s alone here
 def test_the_backtest_runs_end_to_end_and_ends_with_its_json_summary(tmp_path, datasets_dir):
     """Tiny models, the whole protocol: cut, train on the past, replay the future, report."""
     result = subprocess.run(
