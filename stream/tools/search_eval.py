@@ -211,6 +211,15 @@ def evaluate(
     return report
 
 
+def rank_cell(metrics: dict[str, Any]) -> str:
+    """``HR@1 / HR@10 [interval] / MRR`` of one method on one family."""
+    hr10 = metrics["hr_at_10"]
+    return (
+        f"{metrics['hr_at_1']['mean']:.3f} / {hr10['mean']:.3f} "
+        f"[{hr10['low']:.3f}, {hr10['high']:.3f}] / {metrics['mrr']['mean']:.3f}"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     methods = list(next(iter(report["families"].values()))["methods"])
@@ -223,14 +232,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
     ]
     for family, body in report["families"].items():
-        cells = []
-        for method in methods:
-            m = body["methods"][method]
-            hr10 = m["hr_at_10"]
-            cells.append(
-                f"{m['hr_at_1']['mean']:.3f} / {hr10['mean']:.3f} "
-                f"[{hr10['low']:.3f}, {hr10['high']:.3f}] / {m['mrr']['mean']:.3f}"
-            )
+        cells = [rank_cell(body["methods"][method]) for method in methods]
         lines.append(f"| {family} | `{body['example']}` | " + " | ".join(cells) + " |")
     d = report["descriptive"]
     lines += [
@@ -284,11 +286,7 @@ def list_markdown(name: str, report: dict[str, Any]) -> str:
         cells = []
         for method in methods:
             m = body["methods"][method]
-            hr10 = m["hr_at_10"]
-            cell = (
-                f"{m['hr_at_1']['mean']:.3f} / {hr10['mean']:.3f} "
-                f"[{hr10['low']:.3f}, {hr10['high']:.3f}] / {m['mrr']['mean']:.3f}"
-            )
+            cell = rank_cell(m)
             if "cold_hr_at_1" in m:
                 cold_1, cold_10 = m["cold_hr_at_1"]["mean"], m["cold_hr_at_10"]["mean"]
                 cell += f" (cold {cold_1:.3f} / {cold_10:.3f})"

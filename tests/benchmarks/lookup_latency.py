@@ -163,15 +163,24 @@ def main() -> None:
         "consumer_lag_after": lag,
     }
     for kind, values in took.items():
-        v = np.array(values)
-        figures[kind] = {
-            "lookups": len(values),
-            **{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)},
-            "max": round(float(v.max()), 2),
-        }
+        figures[kind] = {"lookups": len(values), **percentiles(values)}
+    report(figures, args.out)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max of milliseconds, rounded to 0.01."""
+    v = np.array(values)
+    return {
+        **{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)},
+        "max": round(float(v.max()), 2),
+    }
+
+
+def report(figures: dict[str, object], out: str | None) -> None:
+    """Print the figures as one JSON line (and write it to ``out``)."""
     line = orjson.dumps(figures).decode()
-    if args.out:
-        Path(args.out).write_text(line + "\n")
+    if out:
+        Path(out).write_text(line + "\n")
     print(line)
 
 

@@ -24,14 +24,13 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import numpy as np
 import orjson
 
 from stream.manifest import load_manifest
 from stream.settings import Settings
 from stream.tools.broker import EmbeddedBroker
 from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
-from tests.benchmarks.lookup_latency import PARTITIONS, load, partition, serve
+from tests.benchmarks.lookup_latency import PARTITIONS, load, partition, percentiles, report, serve
 
 K = 10
 
@@ -69,7 +68,8 @@ def main() -> None:
     parser.add_argument("--load-rate", type=float, default=0.0, help="events/s meanwhile")
     parser.add_argument("--out")
     args = parser.parse_args()
-    titles = [t.split(" | ")[0] for t in load_manifest(args.model, verify_hash=False).item_texts]
+    manifest = load_manifest(args.model, verify_hash=False)
+    titles = [t.split(" | ")[0] for t in manifest.item_texts]
     with tempfile.TemporaryDirectory() as work, EmbeddedBroker() as broker:
         base = Settings(broker=broker.url, model_dir=args.model, topic_partitions=PARTITIONS)
         settings = fresh_settings(base, Path(work), processes=2)
@@ -95,7 +95,7 @@ def main() -> None:
                 loader.join()
             stats = worker.stats()
     figures: dict[str, object] = {
-        "model": stats.get("model_version"),
+        "model": manifest.model_version,
         "users": args.users,
         "rounds": args.rounds,
         "k": K,
@@ -109,17 +109,8 @@ def main() -> None:
         "worker_search_ms": stats["summaries"].get("search_ms"),
     }
     for kind, values in sorted(took.items()):
-        v = np.array(values)
-        figures[kind] = {
-            "searches": len(values),
-            **{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)},
-            "max": round(float(v.max()), 2),
-        }
-    line = orjson.dumps(figures).decode()
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line)
-
+        figures[kind] = {"searches": len(values), **percentiles(values)}
+    report(figures, args.out)
 
 if __name__ == "__main__":
     main()
