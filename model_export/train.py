@@ -156,11 +156,9 @@ def text_pairs(
     follow = follow[: int(limit * (1 - query_share))]
     named_items = [i for i in range(len(texts)) if searchable[i + 1]]
     named = []
-    for n in range(limit - len(follow)):
-        item = named_items[n % len(named_items)] if named_items else None
-        if item is None:
-            break
-        queries = training_queries(texts[item], seed + n // max(1, len(named_items)))
+    for n in range(limit - len(follow) if named_items else 0):
+        item = named_items[n % len(named_items)]  # each round over the items draws anew
+        queries = training_queries(texts[item], seed + n // len(named_items))
         named.append((rng.choice(queries), texts[item]))
     rng.shuffle(named)
     return follow + named

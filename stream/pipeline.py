@@ -216,9 +216,9 @@ class ScoringPipeline(Service):
         """The batch's rows each model scores: all of them, or each arm's users."""
         if self.experiment is None:
             return [(self.models[0], list(range(len(users))))]
-        by_arm: dict[str, list[int]] = {}
+        by_arm: dict[str | None, list[int]] = {}
         for row, user in enumerate(users):
-            by_arm.setdefault(self.experiment.assign(user.user_id).name, []).append(row)
+            by_arm.setdefault(self.model_for(user.user_id).arm, []).append(row)
         return [(m, by_arm[m.arm]) for m in self.models if m.arm in by_arm]
 
     async def _watch_model(self, interval: float) -> None:

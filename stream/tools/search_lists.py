@@ -44,6 +44,8 @@ LIST_METHODS = ("model", "model_no_search", "minilm", "bm25")
 #: ``[Q, N]`` scores of queries against item texts (BM25, MiniLM cosine).
 TextScores = Callable[[Sequence[str]], np.ndarray]
 BATCH = 256
+#: The rank of an item no list held (past every list's ``max_k``): a miss, no reciprocal rank.
+MISSED = 10**6
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,11 @@ def text_lists(
 
 
 def _rank(listed: Sequence[str], item: str) -> int:
-    """0-based position of ``item`` in ``listed``, or ``len(listed)`` when it is not there."""
+    """0-based position of ``item`` in ``listed``, or :data:`MISSED` when it is not there."""
     try:
         return listed.index(item)
     except ValueError:
-        return max(len(listed), 10**6)
+        return MISSED
 
 
 def _summary(values: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
@@ -213,7 +215,7 @@ def evaluate_lists(
 
 def _rank_metrics(rank: np.ndarray, clusters: np.ndarray, cases: Sequence[Case]) -> dict[str, Any]:
     hit1, hit10 = (rank == 0).astype(float), (rank < 10).astype(float)
-    reciprocal = np.where(rank < 10**6, 1.0 / (rank + 1), 0.0)
+    reciprocal = np.where(rank < MISSED, 1.0 / (rank + 1), 0.0)
     metrics: dict[str, Any] = {
         "hr_at_1": _summary(hit1, clusters),
         "hr_at_10": _summary(hit10, clusters),
