@@ -1,11 +1,13 @@
 """The scoring agent: Faust's side of the per-event step, and the worker's start-up checks.
 
 :func:`install` builds the worker's :class:`~stream.runtime.Runtime` on an App and registers
-the agent, a stats timer, the start-up checks and the web views. The agent reads the events
-topic one message at a time, as Faust streams do, and hands each, with Faust's event (the
-table writes a context as from its user's newest message), to
-:class:`~stream.step.EventStep`; acks are its own, made once the list reflecting an event is
-out. The worker installs it on the one App (:mod:`stream.worker`); a unit test on an App of
+the agent, a stats timer, the start-up checks and the web views. The worker's consumer hands
+the agent each partition's fetch of the events topic as one item
+(:class:`~stream.transport.FetchMessage`), and the agent hands each of its events, with
+Faust's event (the table writes a context as from its user's newest message), to
+:class:`~stream.step.EventStep`; acks are its own, one per event, made once the list
+reflecting it is out. A single message (Faust's test channel, ``STREAMREC_TAKE_FETCHES``
+off) takes the same step. The worker installs it on the one App (:mod:`stream.worker`); a unit test on an App of
 its own, with in-memory outputs.
 """
 
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from faust import Stream
-from faust.types import StreamT
+from faust.types import EventT, StreamT
+from faust.types.tuples import ConsumerMessage
 
 from stream import views
 from stream.errors import ConfigError, ModelLoadError
@@ -28,6 +31,7 @@ from stream.manifest import load_manifest
 from stream.runtime import Outputs, Runtime
 from stream.settings import Settings
 from stream.store import Origin
+from stream.transport import Consumer, FetchMessage
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
     from stream.app import App
@@ -66,7 +70,11 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
                     await app.crash(mismatch)
                     return
             message = event.message
-            await runtime.step(
+            if isinstance(message, FetchMessage):  # the worker's consumer: a whole fetch
+                await take_fetch(runtime, message, event)
+                await manual.ack(event)  # Faust's sensors see the fetch out (it commits nothing)
+                continue
+            await runtime.step(  # one message (a test channel, another transport)
                 message.value,
                 message.key,
                 Origin(message.topic, message.partition, message.offset, event),
@@ -91,6 +99,31 @@ def install(app: App, outputs: Outputs | None = None) -> Runtime:
     runtime.agent = score_events
     views.install(app, runtime)
     return runtime
+
+
+async def take_fetch(runtime: Runtime, fetch: FetchMessage, event: EventT) -> None:
+    """Hand each record of one fetch to the step; each is acknowledged on its own.
+
+    A rebalance while the fetch is being taken leaves its remaining records unprocessed and
+    unacknowledged, for the partition's owner to read (:meth:`Consumer.take`).
+    """
+    consumer = cast(Consumer, runtime.app.consumer)
+    step = runtime.step
+    topic, partition = fetch.topic, fetch.partition
+    runtime.metrics.observe("fetch_events", len(fetch.records))
+    for record in fetch.records:
+        if not consumer.take(record):
+            break
+        await step(
+            record.value,
+            record.key,
+            Origin(topic, partition, record.offset, event),
+            functools.partial(_ack_taken, consumer, record),
+        )
+
+
+async def _ack_taken(consumer: Consumer, record: ConsumerMessage) -> None:
+    consumer.ack_taken(record)
 
 
 def check_can_serve(settings: Settings) -> dict[str, str]:

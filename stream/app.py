@@ -36,6 +36,10 @@ class App(faust.App):
             "topic_partitions": settings.topic_partitions,
             "topic_replication_factor": settings.topic_replication_factor,
             "consumer_auto_offset_reset": "earliest",
+            # Items the agent's stream buffers before Faust pauses the events topic's fetching
+            # (it resumes below 40%): with whole fetches as items (stream.transport), 64 hold at
+            # most 64 partition fetches (aiokafka reads up to 1 MB each), not Faust's 4,096.
+            "stream_buffer_maxsize": 64,
             "web_enabled": settings.web_enabled,
             "web_bind": settings.web_host,
             "web_host": settings.web_host,

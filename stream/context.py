@@ -66,7 +66,7 @@ class UserContext:
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> UserContext:
         """Inverse of :meth:`to_dict` (reads version 1 too)."""
-        events = tuple(ContextEvent(*e) for e in body.get("events", ()))
+        events = tuple(map(ContextEvent._make, body.get("events", ())))
         seen = body.get("seen")
         if seen is None:  # version 1
             seen = dict.fromkeys(e.item_id for e in events if e.item_id is not None)
@@ -123,8 +123,10 @@ def apply_event(
     An ``event_id`` already in the window is a redelivery: the context is returned as is.
     """
     context = context or UserContext()
-    if any(e.event_id == event.event_id for e in context.events):
-        return context, False
+    event_id = event.event_id
+    for remembered in context.events:
+        if remembered[0] == event_id:  # ContextEvent.event_id
+            return context, False
     remembered = ContextEvent(event.event_id, event.type, event.item_id, event.query, event.ts)
     events = (*context.events[-(max_events - 1) :], remembered) if max_events > 1 else (remembered,)
     purchased, seen = context.purchased, context.seen

@@ -20,6 +20,7 @@ _MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 #: Upper bounds of the histogram kept for each of these summaries (milliseconds or users).
 BUCKETS: dict[str, tuple[float, ...]] = {
     "batch_users": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+    "fetch_events": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
     "inference_ms": _MS,
     "batch_cut_to_publish_ms": _MS,
     "event_to_list_ms": _MS,

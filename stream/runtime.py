@@ -75,6 +75,18 @@ class BatchTable(faust.Table):
         super().__init__(*args, **kwargs)
         self._changelog: dict[tuple[str, int], Records] = {}
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value stored for ``key`` (``default`` if none), read without Faust's sensors.
+
+        Faust's own read tells the monitor of every key read (a Prometheus label lookup
+        each), about a tenth of the worker's CPU when a context is read per event; the
+        ``faust_table_*`` read counts therefore leave out the worker's reads.
+        """
+        try:
+            return self.data[key]
+        except KeyError:
+            return default
+
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         """Apply the batch, then count it."""
         records = list(batch)

@@ -406,9 +406,7 @@ class Scorer:
             return np.zeros(items.num_extra, dtype=np.float32)
         return self.feedback.bias(self._slots(items))
 
-    def score(
-        self, contexts: Sequence[UserContext], top_k: int | None = None
-    ) -> list[RankedList]:
+    def score(self, contexts: Sequence[UserContext], top_k: int | None = None) -> list[RankedList]:
         """Rank items for each context (blocking; call from an executor in async code).
 
         Lists hold ``top_k`` items (the scorer's by default, at most the model's max_k).

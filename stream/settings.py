@@ -138,6 +138,11 @@ class Settings(EnvSettings):
     fetch_max_wait_ms: int = setting(
         50, "Longest a fetch waits for data; the embedded broker always waits this long."
     )
+    take_fetches: bool = setting(
+        True,
+        "The agent takes each partition's fetched events as one item (false: one message at "
+        "a time, Faust's own path, several times the CPU per event; for diagnosis).",
+    )
     # Kafka security (passed through to the Faust/aiokafka clients)
     security_protocol: str = setting(
         "PLAINTEXT",
@@ -220,6 +225,11 @@ class Settings(EnvSettings):
         1000,
         "Most recent distinct items remembered per user beyond the event window, kept only "
         "under `STREAMREC_EXCLUDE=seen`.",
+    )
+    context_cache_users: int = setting(
+        4096,
+        "Users whose context the worker also keeps decoded (the newest written): a read whose "
+        "stored bytes are the ones written skips decoding them; 0: none.",
     )
     batch_max_users: int = setting(128, "A batch flushes when this many users are pending (B).")
     batch_max_wait_ms: float = setting(

@@ -70,6 +70,9 @@ class EventStep:
         self.context_limits = ContextLimits.from_settings(settings)
         #: Updated contexts not written yet, by user, with the message of the newest change.
         self._waiting: dict[str, tuple[UserContext, Origin]] = {}
+        #: The newest contexts written, decoded, with the bytes written (oldest first).
+        self._decoded: dict[str, tuple[bytes, UserContext]] = {}
+        self._decoded_limit = settings.context_cache_users
         pipeline.before_scoring = self.persist
 
     async def __call__(
@@ -99,7 +102,7 @@ class EventStep:
         user_id = event.user_id
         trigger = event
         waiting = self._waiting.get(user_id)
-        stored = waiting[0] if waiting else UserContext.from_bytes(self.store.get(user_id))
+        stored = waiting[0] if waiting else self._stored(user_id)
         context, changed = self.context_limits.apply(stored, event)
         if changed:
             self._waiting[user_id] = (context, origin)
@@ -123,20 +126,38 @@ class EventStep:
         ids = [e.event_id for e in context.events]
         return trigger in ids and ids.index(trigger) >= ids.index(event.event_id)
 
+    def _stored(self, user_id: str) -> UserContext | None:
+        """The user's stored context, decoded only when the bytes are not the ones last written.
+
+        Bytes this step did not write (another worker's, a recovered changelog's) are
+        decoded; the ones it wrote are the same object on the memory store, equal on RocksDB.
+        """
+        raw = self.store.get(user_id)
+        decoded = self._decoded.get(user_id)
+        if decoded is not None and raw is not None and (decoded[0] is raw or decoded[0] == raw):
+            return decoded[1]
+        return UserContext.from_bytes(raw)
+
     def persist(self) -> None:
         """Write every waiting context to the store (the pipeline calls it at each cut).
 
         Raises:
             Exception: whatever the store raised; the contexts stay waiting.
         """
-        if self._waiting:
-            self.store.write(
-                [
-                    (user, context.to_bytes(), origin)
-                    for user, (context, origin) in self._waiting.items()
-                ]
-            )
-            self._waiting = {}
+        if not self._waiting:
+            return
+        writes = [
+            (user, context.to_bytes(), origin) for user, (context, origin) in self._waiting.items()
+        ]
+        self.store.write(writes)
+        if self._decoded_limit:
+            decoded = self._decoded
+            for (user, raw, _), (context, _) in zip(writes, self._waiting.values(), strict=True):
+                decoded.pop(user, None)  # newest last
+                decoded[user] = (raw, context)
+            for _ in range(len(decoded) - self._decoded_limit):
+                del decoded[next(iter(decoded))]
+        self._waiting = {}
 
     async def dead_letter(
         self,

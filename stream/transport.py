@@ -50,6 +50,7 @@ from aiokafka import TopicPartition
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
+from faust.types.tuples import ConsumerMessage
 
 from stream.delivery import RecordsByPartition
 
@@ -102,8 +103,58 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         )
 
 
+class FetchMessage(ConsumerMessage):
+    """What one fetch read from one partition of a batched topic, as one item for its stream.
+
+    Faust hands a stream one message at a time, and its per-message machinery (a task pair
+    per message in the consumer's drain loop, the stream's iterator, the monitor's sensors)
+    cost more than the worker's own work on an event. For the events topic the consumer
+    hands the agent each partition's fetched records as one of these instead. It stands at
+    its last record's offset (the drain loop's read offset after it), commits nothing itself
+    (``acked``), and is not tracked; its ``records`` are Faust's own messages, each tracked
+    and acknowledged on its own by whoever processes it (:func:`take_record`,
+    :func:`ack_record`), so Faust's commit logic sees every offset as it always did.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self, tp: TP, records: list[ConsumerMessage], generation_id: int) -> None:
+        last = records[-1]
+        super().__init__(
+            tp.topic,
+            tp.partition,
+            last.offset,
+            last.timestamp,
+            last.timestamp_type,
+            None,
+            None,
+            b"",
+            None,
+            0,
+            0,
+            tp,
+            generation_id=generation_id,
+        )
+        self.records = records
+        self.tracked = True  # its records are, one by one, as they are taken
+        self.acked = True  # and acknowledged one by one: the fetch itself commits nothing
+
+
+class _Fetched:
+    """A partition's fetched records, standing in Faust's record map as a single record."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+
+
 class Consumer(driver.Consumer):
-    """Faust's aiokafka consumer: :class:`ConsumerThread`, aiokafka pauses, quiet seeks."""
+    """Faust's aiokafka consumer, with the changes this module lists.
+
+    :class:`ConsumerThread`, aiokafka pauses, quiet seeks, and each fetch of an events
+    partition as one item (:class:`FetchMessage`).
+    """
 
     #: Longest wait for the fetch loop to hand back its batch before a seek.
     seek_quiesce_s = 10.0
@@ -116,9 +167,38 @@ class Consumer(driver.Consumer):
         #: Partitions whose Faust read offset is, since a seek, the next offset to read rather
         #: than the last one read; each leaves on its first record.
         self._seeked: dict[TP, int] = {}
+        settings = getattr(self.app, "streamrec", None)  # stream.app.App carries them
+        #: Topics whose fetched records reach their stream as one :class:`FetchMessage` per
+        #: partition and fetch: the events topic (changelogs and the rest keep Faust's path).
+        self.batched_topics: frozenset[str] = (
+            frozenset({settings.events_topic})
+            if settings is not None and settings.take_fetches
+            else frozenset()
+        )
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _wait_next_records(
+        self, timeout: float
+    ) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
+        """Faust's fetch, each batched partition's records made one record of the map."""
+        records, active = await super()._wait_next_records(timeout)
+        if records and self.batched_topics:
+            batched = self.batched_topics
+            records = {
+                tp: [_Fetched(list(items))] if tp.topic in batched and items else items
+                for tp, items in records.items()
+            }
+        return records, active
+
+    def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
+        """Faust's message for a record; a :class:`FetchMessage` for a batched partition's."""
+        if isinstance(record, _Fetched):
+            to_message = super()._to_message
+            messages = [to_message(tp, one) for one in record.records]
+            return FetchMessage(tp, messages, self.app.consumer_generation_id)
+        return super()._to_message(tp, record)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's fetch, counted while its records are being handed to streams."""
@@ -126,6 +206,8 @@ class Consumer(driver.Consumer):
         self._no_batch_out.clear()
         try:
             async for tp, message in super().getmany(timeout):
+                if isinstance(message, FetchMessage) and not await self._place(tp, message):
+                    continue
                 if self._seeked:
                     self._seeked.pop(tp, None)
                 yield tp, message
@@ -133,6 +215,56 @@ class Consumer(driver.Consumer):
             self._batches_out -= 1
             if not self._batches_out:
                 self._no_batch_out.set()
+
+    async def _place(self, tp: TP, fetch: FetchMessage) -> bool:
+        """Ready ``fetch`` for Faust's drain loop, which sees it as one message at its offset.
+
+        As the loop does for each message: records before the read offset are dropped
+        (fetched before a seek), and offsets missing between the records read (transaction
+        markers, compaction) are recorded as gaps, which commits pass over. The read offset
+        is then placed just before the fetch's last record, so the loop finds no gap of its
+        own and moves it onto that record. Returns whether any record is left to process.
+        """
+        read = self._read_offset.get(tp)
+        records = fetch.records
+        if read is not None:
+            seeked = self._seeked.get(tp) == read  # the next offset to read, not the last read
+            previous = read - 1 if seeked else read
+            records = [record for record in records if record.offset > previous]
+            if not records:
+                return False
+            if self.app.topics.acks_enabled_for(tp.topic):
+                for record in records:
+                    if record.offset - previous > 1:
+                        await self._add_gap(tp, previous + 1, record.offset - 1)
+                    previous = record.offset
+            fetch.records = records
+        self._read_offset[tp] = records[-1].offset - 1
+        return True
+
+    def take(self, record: ConsumerMessage) -> bool:
+        """Track a record of a :class:`FetchMessage` as being processed, if it still may be.
+
+        False for a record fetched before the latest rebalance: it is left for its
+        partition's owner to read again, never processed here. A tracked record is one a
+        rebalance waits for (Faust's ``wait_empty``), as it waits for a streamed message.
+        """
+        if record.generation_id != self.app.consumer_generation_id:
+            return False
+        record.tracked = True
+        self._unacked_messages.add(record)
+        return True
+
+    def ack_taken(self, record: ConsumerMessage) -> None:
+        """Acknowledge a taken record: its offset commits once every one before it has.
+
+        One taken before a rebalance that came before its ack is forgotten instead of
+        acknowledged, and read again (at least once, never skipped).
+        """
+        if record.generation_id == self.app.consumer_generation_id:
+            self.ack(record)
+        else:
+            self._unacked_messages.discard(record)
 
     async def perform_seek(self) -> None:
         """Faust's seek to committed offsets, made while no fetched batch is being delivered.

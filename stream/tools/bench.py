@@ -12,19 +12,28 @@ Phases, all on this machine and in this run, with the exported model of
 2. **Queries.** The query encoder on distinct MovieLens titles (batches of 64):
    ``query_encodings_per_s``; a Zipf-distributed stream of searches through the worker's
    query cache: ``query_cache_hit_rate``.
-3. **Faust's floor.** A count-only Faust agent on the worker's transport and settings over a
-   preloaded backlog of MovieLens events: ``faust_floor_events_per_s``.
+3. **Floors** (:mod:`stream.tools.floor`) over a preloaded backlog of MovieLens events: a
+   count-only Faust agent on the worker's transport and settings, one message at a time
+   (``faust_floor_events_per_s``), and a plain aiokafka loop that reads, parses and answers
+   each event with one small record (``aiokafka_floor_events_per_s``: Python's floor
+   without Faust). ``--cython`` also counts with Faust's ``cython_optimizations`` on.
 4. **Stream-only saturation.** A worker with a tiny exported model (``--stream-model``, built
    once into the output folder otherwise) on a preloaded backlog, users interleaved as live
    traffic is: ``stream_only_saturation_events_per_s`` and ``stream_cost_us_per_event`` (the
-   worker's CPU seconds per event), the streaming layer's own cost.
+   worker's CPU seconds per event), the streaming layer's own cost, beside each floor
+   (``stream_only_vs_faust_floor``, ``stream_only_vs_aiokafka_floor``). ``--cython`` also
+   runs it with ``cython_optimizations`` on (``cython_optimizations``).
 5. **Saturation.** The same with the real model: ``saturation_events_per_s`` and
    ``pipeline_efficiency`` = scored users/s ÷ ``model_only_users_per_s``.
 6. **Latency.** An idle worker offered half the saturation rate for ``--latency-window``
    seconds; latency runs from the event's ``ts`` (stamped when produced) to the list's arrival
-   on the output topic: p50/p95/p99.
+   on the output topic: p50/p95/p99. Twice: with ``STREAMREC_FETCH_MAX_WAIT_MS`` as set
+   (``latency_at_half_saturation``), and with it at :data:`LOW_FETCH_WAIT_MS` for the worker
+   and the reader (``latency_low_fetch_wait``): the embedded broker holds every fetch for
+   the whole wait, so the difference is the broker's share of the latency, not the worker's.
 7. **Processes** (``--processes N``, N > 1): phases 4–6 with ``python -m stream worker
-   --processes N``; ``process_scaling`` = N-process ÷ one-process stream-only saturation.
+   --processes N``; ``process_scaling`` = N-process ÷ one-process stream-only saturation,
+   with the cores each process used (``cores_used_per_process``).
 8. **Memory** (``--users N``): one event each from N distinct users through a worker with the
    tiny model, on the memory and the RocksDB store: the worker's RSS, its growth per user and
    the table's bytes per user (``memory``).
@@ -64,7 +73,7 @@ from stream.settings import Settings
 from stream.supervisor import process_count
 from stream.tools.backtest import by_user
 from stream.tools.broker import EmbeddedBroker
-from stream.tools.load import faust_floor, interleaved, latency, memory_per_user, saturation
+from stream.tools.load import floor, interleaved, latency, memory_per_user, saturation
 from stream.tools.profile import profile_summary
 
 QUERY_BATCH = 64
@@ -72,6 +81,10 @@ QUERY_BATCH = 64
 WORKER_START_S = 15.0
 SEARCHES = 10_000
 ZIPF_EXPONENT = 1.1
+#: The consumers' fetch wait (ms) of the second latency phase.
+LOW_FETCH_WAIT_MS = 5
+#: Faust's own switch for its compiled fast paths (a Faust setting read from the environment).
+CYTHON_ON = {"CYTHON_OPTIMIZATIONS": "true"}
 
 
 def timed_rate(step: Any, units: int, seconds: float) -> float:
@@ -245,6 +258,7 @@ def streaming(
         **common,
     )
     half = max(1.0, real["events_per_s"] / 2)
+    at_half = {"rate": half, "window": args.latency_window, "processes": processes}
     return {
         "stream_only_saturation_events_per_s": only["events_per_s"],
         "stream_cost_us_per_event": only["cpu_us_per_event"],
@@ -256,16 +270,49 @@ def streaming(
         "saturation": real,
         "latency_at_half_saturation": None
         if args.profile
+        else latency(settings, work, f"latency-p{processes}", events, **at_half),
+        "latency_low_fetch_wait": None
+        if args.profile
         else latency(
-            settings,
+            settings.with_overrides(fetch_max_wait_ms=LOW_FETCH_WAIT_MS),
             work,
-            f"latency-p{processes}",
+            f"latency-low-wait-p{processes}",
             events,
-            rate=half,
-            window=args.latency_window,
-            processes=processes,
+            **at_half,
         ),
         **({"profile": profile_summary(profile)} if profile is not None else {}),
+    }
+
+
+def cython(
+    args: argparse.Namespace, settings: Settings, tiny: str, events: list, off: dict[str, Any]
+) -> dict[str, Any]:
+    """The Faust floor and stream-only saturation again with ``cython_optimizations`` on."""
+    work = Path(args.out) / "work"
+    on_floor = floor(settings, work, events, args.floor_events, "faust", env=CYTHON_ON)
+    on_stream = saturation(
+        settings.with_overrides(model_dir=tiny),
+        work,
+        "stream-only-cython",
+        events,
+        backlog=args.backlog,
+        warmup=args.warmup,
+        window=args.window,
+        env=CYTHON_ON,
+    )
+    return {
+        "faust_floor_events_per_s": {
+            "off": off["faust_floor_events_per_s"],
+            "on": on_floor["events_per_s"],
+        },
+        "stream_only_saturation_events_per_s": {
+            "off": off["stream_only_saturation_events_per_s"],
+            "on": on_stream["events_per_s"],
+        },
+        "stream_cost_us_per_event": {
+            "off": off["stream_cost_us_per_event"],
+            "on": on_stream["cpu_us_per_event"],
+        },
     }
 
 
@@ -302,13 +349,18 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
             settings = settings.with_overrides(broker=broker.url)
         else:
             settings = settings.with_overrides(broker=args.broker)
-        floor = faust_floor(settings, work, events, args.floor_events)
-        figures["faust_floor_events_per_s"] = floor["events_per_s"]
-        figures["faust_floor_cpu_us_per_event"] = floor["cpu_us_per_event"]
+        for client in ("faust", "aiokafka"):
+            measured = floor(settings, work, events, args.floor_events, client)
+            figures[f"{client}_floor_events_per_s"] = measured["events_per_s"]
+            figures[f"{client}_floor_cpu_us_per_event"] = measured["cpu_us_per_event"]
         figures |= streaming(args, settings, tiny, events, 1)
-        figures["stream_only_vs_faust_floor"] = ratio(
-            figures["stream_only_saturation_events_per_s"], figures["faust_floor_events_per_s"]
-        )
+        for client in ("faust", "aiokafka"):
+            figures[f"stream_only_vs_{client}_floor"] = ratio(
+                figures["stream_only_saturation_events_per_s"],
+                figures[f"{client}_floor_events_per_s"],
+            )
+        if args.cython:
+            figures["cython_optimizations"] = cython(args, settings, tiny, events, figures)
         figures["pipeline_efficiency"] = ratio(
             figures["saturation_users_scored_per_s"], figures["model_only_users_per_s"]
         )
@@ -357,11 +409,17 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--backlog",
         type=int,
-        default=300_000,
-        help="events preloaded before each saturation phase (300000)",
+        default=600_000,
+        help="events preloaded before each saturation phase (600000)",
     )
     parser.add_argument(
-        "--floor-events", type=int, default=200_000, help="events the Faust floor counts (200000)"
+        "--floor-events", type=int, default=200_000, help="events each floor handles (200000)"
+    )
+    parser.add_argument(
+        "--cython",
+        action="store_true",
+        help="also run the Faust floor and the stream-only phase with Faust's "
+        "cython_optimizations on",
     )
     parser.add_argument(
         "--stream-model", help="tiny model directory for the stream-only phases (default: built)"

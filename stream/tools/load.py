@@ -4,7 +4,7 @@ Saturation is measured on a backlog produced *before* the worker starts, so the 
 not share the cores being measured: the worker's own counters (and CPU seconds) over a window
 after a warm-up. Latency offers events at a fixed rate to an idle worker and times each from
 the event's ``ts`` (stamped when produced) to its list's arrival on the output topic.
-:func:`faust_floor` runs a count-only Faust agent over the same backlog;
+:func:`floor` runs a count-only Faust agent, or a plain aiokafka loop, over the same backlog;
 :func:`memory_per_user` measures what a worker holds per user.
 """
 
@@ -30,6 +30,7 @@ from stream.tools.backtest import by_user
 from stream.tools.lists import TopicReader
 from stream.tools.worker_process import (
     WorkerProcess,
+    combine,
     create_topics,
     fresh_settings,
     process_env,
@@ -120,21 +121,32 @@ def saturation(
     processes: int = 1,
     profile: Path | None = None,
     profile_s: float = 0.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A worker (``processes`` of them) on a preloaded backlog: its rate, CPU and batches."""
+    """A worker (``processes`` of them) on a preloaded backlog: its rate, CPU and batches.
+
+    ``env``: variables of the worker's own (Faust's ``CYTHON_OPTIMIZATIONS``, say).
+    """
     settings = with_backlog(settings, work, name, events, backlog, processes)
     worker = WorkerProcess(
-        settings, work, processes=processes, profile=profile, profile_s=profile_s
+        settings, work, processes=processes, profile=profile, profile_s=profile_s, env=env
     )
     with worker:
         worker.wait_ready()
         time.sleep(warmup)
-        before, started = worker.stats(), time.monotonic()
+        before, started = worker.each_stats(), time.monotonic()
         time.sleep(window)
-        after, elapsed = worker.stats(), time.monotonic() - started
-    delta = {k: v - before["counters"].get(k, 0) for k, v in after["counters"].items()}
+        each, elapsed = worker.each_stats(), time.monotonic() - started
+    after = combine(each) if processes > 1 else each[0]
+    delta = {
+        k: v - sum(b["counters"].get(k, 0) for b in before) for k, v in after["counters"].items()
+    }
     events_in = delta.get("events_in", 0)
-    cpu = after["process"]["cpu_seconds"] - before["process"]["cpu_seconds"]
+    cores = [
+        (a["process"]["cpu_seconds"] - b["process"]["cpu_seconds"]) / elapsed
+        for a, b in zip(each, before, strict=True)
+    ]
+    cpu = sum(cores) * elapsed
     return {
         "events_per_s": events_in / elapsed,
         "users_scored_per_s": delta.get("lists_out", 0) / elapsed,
@@ -145,6 +157,7 @@ def saturation(
         "mean_inference_ms": after["summaries"].get("inference_ms", {}).get("mean"),
         "rss_bytes": after["process"]["rss_bytes"],
         "processes": processes,
+        "cores_used_per_process": cores,
     }
 
 
@@ -221,11 +234,21 @@ async def offer(settings: Settings, events: Sequence[Event], rate: float, window
     return {"offered_events_per_s": rate, "events_sent": sent, "lists_measured": len(values), **pct}
 
 
-def faust_floor(
-    settings: Settings, work: Path, events: Sequence[Event], count: int, timeout: float = 600.0
+def floor(
+    settings: Settings,
+    work: Path,
+    events: Sequence[Event],
+    count: int,
+    client: str,
+    timeout: float = 600.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A count-only Faust agent (:mod:`stream.tools.floor`) over ``count`` preloaded events."""
-    settings = with_backlog(settings, work, "floor", events, count)
+    """A floor of :mod:`stream.tools.floor` over ``count`` preloaded events.
+
+    ``client``: ``faust`` (a count-only agent) or ``aiokafka`` (a plain loop that parses and
+    answers each event); ``env``: variables of the process's own.
+    """
+    settings = with_backlog(settings, work, f"floor-{client}", events, count)
     log = work / f"{settings.app_id}.log"
     with log.open("wb") as stderr:
         result = subprocess.run(
@@ -237,15 +260,17 @@ def faust_floor(
                 settings.events_topic,
                 "--count",
                 str(count),
+                "--client",
+                client,
             ],
-            env=process_env(settings),
+            env=process_env(settings, env),
             stdout=subprocess.PIPE,
             stderr=stderr,
             timeout=timeout,
             check=False,
         )
     if result.returncode != 0 or not result.stdout.strip():
-        msg = f"the Faust floor run failed (exit code {result.returncode}); see {log}"
+        msg = f"the {client} floor run failed (exit code {result.returncode}); see {log}"
         raise StreamrecError(msg)
     figures: dict[str, Any] = orjson.loads(result.stdout.strip().splitlines()[-1])
     return figures

@@ -197,7 +197,11 @@ class WorkerProcess:
         if len(self.ports) == 1:
             body: dict[str, Any] = self.get_json("/stats/")[1]
             return body
-        return combine([self.get_json("/stats/", port=port)[1] for port in self.ports])
+        return combine(self.each_stats())
+
+    def each_stats(self) -> list[dict[str, Any]]:
+        """Each process's own ``/stats/``, in port order."""
+        return [self.get_json("/stats/", port=port)[1] for port in self.ports]
 
     def wait_ready(self, timeout: float = 90.0) -> float:
         """Poll ``/stats/`` until the worker (every process) consumes; the seconds waited.

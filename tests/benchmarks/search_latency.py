@@ -112,5 +112,6 @@ def main() -> None:
         figures[kind] = {"searches": len(values), **percentiles(values)}
     report(figures, args.out)
 
+
 if __name__ == "__main__":
     main()

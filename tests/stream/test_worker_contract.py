@@ -175,6 +175,10 @@ def test_metrics_endpoint_and_probes_after_traffic(
     assert grew["streamrec_events_invalid_total"] == len(MALFORMED)
     assert grew["streamrec_lists_out_total"] >= len(last)
     assert grew["streamrec_batch_users_count"] > 0
+    # the agent takes whole fetches (stream.transport.FetchMessage), not one event at a time:
+    # if a Faust upgrade bypassed the consumer's override, every fetch would hold one event
+    assert grew["streamrec_fetch_events_sum"] == len(messages)
+    assert grew["streamrec_fetch_events_count"] < len(messages) / 2
     assert grew["streamrec_inference_seconds_count"] > 0
     assert grew["streamrec_event_to_list_seconds_count"] >= len(last)
     assert value["streamrec_ready"] == 1 and value["streamrec_table_users"] >= len(last)
