@@ -7,8 +7,8 @@ the agent each partition's fetch of the events topic as one item
 Faust's event (the table writes a context as from its user's newest message), to
 :class:`~stream.step.EventStep`; acks are its own, one per event, made once the list
 reflecting it is out. A single message (Faust's test channel, ``STREAMREC_TAKE_FETCHES``
-off) takes the same step. The worker installs it on the one App (:mod:`stream.worker`); a unit test on an App of
-its own, with in-memory outputs.
+off) takes the same step. The worker installs it on the one App (:mod:`stream.worker`); a
+unit test on an App of its own, with in-memory outputs.
 """
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ Phases, all on this machine and in this run, with the exported model of
    runs it with ``cython_optimizations`` on (``cython_optimizations``).
 5. **Saturation.** The same with the real model: ``saturation_events_per_s`` and
    ``pipeline_efficiency`` = scored users/s ÷ ``model_only_users_per_s``.
-6. **Latency.** An idle worker offered half the saturation rate for ``--latency-window``
-   seconds; latency runs from the event's ``ts`` (stamped when produced) to the list's arrival
+6. **Latency.** An idle worker offered half the saturation rate (half the lists/s it made at
+   saturation: live traffic from many users folds few events into a list, while the
+   backlog's events/s counts many folded into each) for ``--latency-window`` seconds;
+   latency runs from the event's ``ts`` (stamped when produced) to the list's arrival
    on the output topic: p50/p95/p99. Twice: with ``STREAMREC_FETCH_MAX_WAIT_MS`` as set
    (``latency_at_half_saturation``), and with it at :data:`LOW_FETCH_WAIT_MS` for the worker
    and the reader (``latency_low_fetch_wait``): the embedded broker holds every fetch for
@@ -257,7 +259,9 @@ def streaming(
         profile_s=WORKER_START_S + args.warmup + args.window,
         **common,
     )
-    half = max(1.0, real["events_per_s"] / 2)
+    # Live traffic from many users folds few events into one list, so half of saturation is
+    # half the lists/s the worker made on the backlog (where it folded many), not its events/s
+    half = max(1.0, min(real["events_per_s"], real["users_scored_per_s"]) / 2)
     at_half = {"rate": half, "window": args.latency_window, "processes": processes}
     return {
         "stream_only_saturation_events_per_s": only["events_per_s"],

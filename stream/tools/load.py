@@ -150,6 +150,7 @@ def saturation(
     return {
         "events_per_s": events_in / elapsed,
         "users_scored_per_s": delta.get("lists_out", 0) / elapsed,
+        "events_per_list": events_in / delta["lists_out"] if delta.get("lists_out") else None,
         "cpu_us_per_event": cpu / events_in * 1e6 if events_in else None,
         "window_s": round(elapsed, 1),
         "backlog_exhausted": after["counters"].get("events_in", 0) >= backlog,
