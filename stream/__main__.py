@@ -1,5 +1,8 @@
 """``python -m stream``: the worker and Faust's other commands, plus streamrec's tools.
 
+``python -m stream`` (or ``--help``) lists streamrec's commands first, one line each
+(:data:`COMMANDS`), then Faust's.
+
 ``settings`` prints the worker's settings; ``worker --processes N`` (``auto``: one per core)
 runs N workers of one group under a supervisor (:mod:`stream.supervisor`). ``broker``,
 ``demo``, ``replay``, ``backtest``, ``bench``, ``experiment`` and ``search-eval`` are tools
@@ -29,6 +32,19 @@ TOOLS: dict[str, tuple[str, str | None]] = {
     "experiment": ("stream.tools.experiment", "export"),
     "search-eval": ("stream.tools.search_eval", "export"),
 }
+#: streamrec's commands, one line each: what ``python -m stream --help`` lists first.
+COMMANDS: dict[str, str] = {
+    "worker": "run the scoring worker (--processes N: N workers of one group; auto: one per core)",
+    "settings": "print every STREAMREC_* variable with its default, then the values in force",
+    "demo": "the whole product on one machine: broker, model, worker, traffic, lists",
+    "broker": "start the embedded Kafka-protocol broker (Tansu) on a free port",
+    "replay": "backtest a model through the live scoring path",
+    "backtest": "train before a cut of the log, score the clicks after it, against baselines",
+    "search-eval": "what a search shows, per query family, against BM25 and frozen MiniLM",
+    "bench": "what streaming costs on top of the model, in one run (JSON)",
+    "experiment": "per-arm rates of a live experiment, and a verdict",
+}
+HELP = ("-h", "--help", "help")
 #: ``STREAMREC_LOG_LEVEL`` as Faust's ``--loglevel``.
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
 
@@ -72,10 +88,38 @@ def faust_main(args: list[str]) -> int:
     return 0
 
 
+def faust_help() -> int:
+    """Faust's own help and commands, without building the App (no model needed to read it)."""
+    from faust.cli.faust import cli
+
+    try:
+        cli.main(["--help"], prog_name="python -m stream")
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+def usage() -> str:
+    """The usage text: streamrec's commands, one line each (Faust's own follow in ``--help``)."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m stream COMMAND [ARGS]...", "", "streamrec's commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "",
+        "`python -m stream COMMAND --help` tells more of each.",
+        "Faust's own commands follow; they run the same App.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a streamrec command, or to Faust's command line."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if not args or args[0] in HELP:
+            print(usage(), flush=True)
+            return faust_help()
         if args[:1] == ["settings"]:
             return settings_main(args[1:])
         if args and args[0] in TOOLS:

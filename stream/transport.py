@@ -4,10 +4,10 @@ Registered under the ``streamrec`` URL scheme through Faust's ``faust.transports
 point; ``STREAMREC_BROKER`` keeps ``kafka://``. The worker's settings are reached through
 the App (``app.streamrec``, see :mod:`stream.app`), never imported. Five changes, the
 consumer lags the worker reports (records not read, :meth:`Consumer.lag`; records past the
-committed offset, :meth:`Consumer.committed_lag`), and a producer that hands whole record
+committed offset, :meth:`Consumer.committed_lag`), a producer that hands whole record
 batches to aiokafka and returns their delivery futures (:meth:`Producer.send_batches`, for a
-batch's lists and changelog records). The first two changes only matter on the embedded
-broker; the last three close
+batch's lists and changelog records), and whole fetches of the events topic (below the
+list). The first two changes only matter on the embedded broker; the last three close
 Faust + aiokafka races, found by the kill -9 test, that left a restarted worker idle or
 skipping events on any broker:
 
@@ -35,6 +35,16 @@ skipping events on any broker:
   were dropped as already read: a range of events skipped, then committed past.
   :meth:`Consumer.perform_seek` stops the flow and waits for the loop to hand its batch back
   before it seeks.
+
+**Whole fetches.** Faust's per-message path (its drain loop's tasks, the stream iterator, the
+monitor's sensors) cost several times the worker's own work per event. For the events topic
+the consumer makes each partition's records of one fetch one :class:`FetchMessage`, which
+Faust's drain loop, conductor and stream carry as they carry one message; the agent takes its
+records one by one (:meth:`Consumer.take`, :meth:`Consumer.ack_taken`). Gaps and records
+already read are handled as the drain loop does for single messages (``Consumer._place``).
+This rests on Faust internals (``_wait_next_records``, ``_to_message``, the drain loop's read
+offsets): ``faust-streaming`` is pinned exactly, and the worker's contract test fails if the
+agent stops receiving whole fetches.
 """
 
 from __future__ import annotations
@@ -112,8 +122,8 @@ class FetchMessage(ConsumerMessage):
     hands the agent each partition's fetched records as one of these instead. It stands at
     its last record's offset (the drain loop's read offset after it), commits nothing itself
     (``acked``), and is not tracked; its ``records`` are Faust's own messages, each tracked
-    and acknowledged on its own by whoever processes it (:func:`take_record`,
-    :func:`ack_record`), so Faust's commit logic sees every offset as it always did.
+    and acknowledged on its own by whoever processes it (:meth:`Consumer.take`,
+    :meth:`Consumer.ack_taken`), so Faust's commit logic sees every offset as it always did.
     """
 
     __slots__ = ("records",)
