@@ -32,7 +32,7 @@ FIGURES = {
 def test_bench_prints_every_figure(tiny_model_dir, broker, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tiny_model_dir))
     args = ["--warmup", "1", "--window", "2", "--latency-window", "2", "--model-seconds", "0.2"]
-    args += ["--backlog", "60000", "--floor-events", "3000", "--users", "300"]
+    args += ["--backlog", "150000", "--floor-events", "3000", "--users", "300"]
     args += ["--processes", "2", "--stream-model", str(tiny_model_dir), "--cython"]
     assert main([*args, "--broker", broker.url, "--out", str(tmp_path)]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
