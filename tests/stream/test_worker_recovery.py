@@ -99,8 +99,11 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
     first = worker_factory(commit_interval_s=commit_interval_s).start()
     s = first.settings
     first.wait_ready()
-    produce_events(broker.bootstrap_servers, s.events_topic, events)
-    consume_until(  # mid-stream: some lists are out, most events are not yet handled
+    # mid-stream: a first quarter is handled (some lists out, offsets committed), then the
+    # rest is produced and the worker killed at once (it handles thousands of events a second)
+    head = len(events) // 4
+    produce_events(broker.bootstrap_servers, s.events_topic, events[:head])
+    consume_until(
         broker.bootstrap_servers,
         [s.recommendations_topic],
         lambda got: len(got[s.recommendations_topic]) >= 100,
@@ -110,6 +113,7 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
         while not any(group_offsets(broker, s.app_id, s.events_topic)["committed"].values()):
             assert time.monotonic() < deadline, "no offset committed:\n" + first.log_text()[-3000:]
             time.sleep(0.2)
+    produce_events(broker.bootstrap_servers, s.events_topic, events[head:])
     killed_at = time.time_ns() // 1_000_000
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
     at_kill = group_offsets(broker, s.app_id, s.events_topic)
