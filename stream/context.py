@@ -124,8 +124,8 @@ def apply_event(
     """
     context = context or UserContext()
     event_id = event.event_id
-    for remembered in context.events:
-        if remembered[0] == event_id:  # ContextEvent.event_id
+    for kept in context.events:
+        if kept[0] == event_id:  # ContextEvent.event_id
             return context, False
     remembered = ContextEvent(event.event_id, event.type, event.item_id, event.query, event.ts)
     events = (*context.events[-(max_events - 1) :], remembered) if max_events > 1 else (remembered,)

@@ -197,7 +197,7 @@ class Consumer(driver.Consumer):
         if records and self.batched_topics:
             batched = self.batched_topics
             records = {
-                tp: [_Fetched(list(items))] if tp.topic in batched and items else items
+                tp: [_Fetched(items)] if tp.topic in batched and items else items
                 for tp, items in records.items()
             }
         return records, active

@@ -30,9 +30,9 @@ from stream.tools.backtest import by_user
 from stream.tools.lists import TopicReader
 from stream.tools.worker_process import (
     WorkerProcess,
-    combine,
     create_topics,
     fresh_settings,
+    merged,
     process_env,
 )
 
@@ -134,19 +134,17 @@ def saturation(
     with worker:
         worker.wait_ready()
         time.sleep(warmup)
-        before, started = worker.each_stats(), time.monotonic()
+        each_before, started = worker.each_stats(), time.monotonic()
         time.sleep(window)
-        each, elapsed = worker.each_stats(), time.monotonic() - started
-    after = combine(each) if processes > 1 else each[0]
-    delta = {
-        k: v - sum(b["counters"].get(k, 0) for b in before) for k, v in after["counters"].items()
-    }
+        each_after, elapsed = worker.each_stats(), time.monotonic() - started
+    before, after = merged(each_before), merged(each_after)
+    delta = {k: v - before["counters"].get(k, 0) for k, v in after["counters"].items()}
     events_in = delta.get("events_in", 0)
+    cpu = after["process"]["cpu_seconds"] - before["process"]["cpu_seconds"]
     cores = [
         (a["process"]["cpu_seconds"] - b["process"]["cpu_seconds"]) / elapsed
-        for a, b in zip(each, before, strict=True)
+        for a, b in zip(each_after, each_before, strict=True)
     ]
-    cpu = sum(cores) * elapsed
     return {
         "events_per_s": events_in / elapsed,
         "users_scored_per_s": delta.get("lists_out", 0) / elapsed,

@@ -193,11 +193,8 @@ class WorkerProcess:
             return exc.code, orjson.loads(exc.read())
 
     def stats(self) -> dict[str, Any]:
-        """The worker's ``/stats/``; a group's summed (:func:`combine`)."""
-        if len(self.ports) == 1:
-            body: dict[str, Any] = self.get_json("/stats/")[1]
-            return body
-        return combine(self.each_stats())
+        """The worker's ``/stats/``; a group's summed (:func:`merged`)."""
+        return merged(self.each_stats())
 
     def each_stats(self) -> list[dict[str, Any]]:
         """Each process's own ``/stats/``, in port order."""
@@ -227,6 +224,11 @@ class WorkerProcess:
             time.sleep(0.25)
         msg = f"the worker was not consuming after {timeout:.0f} s; see {self.log_path}"
         raise StreamrecError(msg)
+
+
+def merged(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One process's ``/stats/`` as it is; a group's summed (:func:`combine`)."""
+    return stats[0] if len(stats) == 1 else combine(stats)
 
 
 def combine(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
