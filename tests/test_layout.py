@@ -1,8 +1,11 @@
-"""The package layout holds: no import cycle, and the worker runtime apart from the tools.
+"""The package layout holds: no import cycle, and dependencies run one way.
 
 Imports are read from the source (every ``import``, in functions too, but not those under
-``if TYPE_CHECKING:``, which never run). Packages here are ``stream`` (the runtime: the
-modules directly in ``stream/``), ``stream.tools`` and ``model_export``.
+``if TYPE_CHECKING:``, which never run). Each module belongs to one *part*: a subpackage
+(``stream.model``, ``model_export.training``, ``stream.tools.bench``, ...) or, for the modules
+directly in a package, that package's base or entry modules. :data:`LAYERS` orders the parts;
+a module imports its own part and parts of lower layers only, so the worker runtime never
+imports the tools or the training code, and a change low in the tree never needs one above.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from stream.extras import EXTRAS
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stream", "model_export")
 
 
@@ -71,10 +74,54 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(path, set(found)) - {name} for name, path in found.items()}
 
 
-def package(module: str) -> str:
+#: The parts, lowest first: a module imports its own part and lower layers only.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("stream:base",),  # errors, settings, extras, clock, progress
+    ("stream.contracts", "stream.telemetry"),
+    ("stream.kafka", "stream.state", "stream.experiments"),
+    ("stream.catalogue",),
+    ("stream.model",),
+    ("stream.processing",),
+    ("stream.serving",),
+    ("stream:entry",),  # the App, the worker, its agents, the supervisor, the command line
+    ("model_export:base",),  # ranking metrics, shared by training, export and the tools
+    ("model_export.data",),
+    ("model_export.model",),
+    ("model_export.training",),
+    ("model_export.export",),
+    ("model_export.evaluation",),
+    ("model_export:entry",),
+    ("stream.tools.cluster",),
+    ("stream.tools.replay",),
+    ("stream.tools.backtest",),
+    ("stream.tools.search_eval", "stream.tools.bench"),
+    ("stream.tools:entry",),  # demo, configuration
+)
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+#: Modules directly in ``stream/`` that everything may import; the rest there are entries.
+STREAM_BASE = {
+    "stream.errors",
+    "stream.settings",
+    "stream.extras",
+    "stream.clock",
+    "stream.progress",
+}
+#: The worker runtime: what ``pip install streamrec`` serves with.
+RUNTIME = {
+    name for name in RANK if name.startswith("stream") and not name.startswith("stream.tools")
+}
+
+
+def part(module: str) -> str:
+    """The part of the layout ``module`` belongs to."""
+    for name in sorted(RANK, key=len, reverse=True):
+        if ":" not in name and (module == name or module.startswith(name + ".")):
+            return name
     if module.startswith("stream.tools"):
-        return "stream.tools"
-    return module.split(".")[0]
+        return "stream.tools:entry"
+    if module.startswith("stream"):
+        return "stream:base" if module in STREAM_BASE else "stream:entry"
+    return "model_export:base" if module == "model_export.ranking" else "model_export:entry"
 
 
 def cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -107,16 +154,33 @@ def test_no_import_cycle_between_modules() -> None:
 def test_no_import_cycle_between_packages() -> None:
     edges: dict[str, set[str]] = {}
     for module, targets in graph().items():
-        edges.setdefault(package(module), set()).update(
-            package(t) for t in targets if package(t) != package(module)
+        edges.setdefault(part(module), set()).update(
+            part(t) for t in targets if part(t) != part(module)
         )
     assert cycle(edges) is None, edges
 
 
+def test_every_module_has_a_part() -> None:
+    for module in modules():
+        if module not in PACKAGES and module != "stream.tools":
+            assert part(module) in RANK, module
+
+
+def test_dependencies_run_one_way() -> None:
+    """A module imports its own part and lower layers, never a part beside or above it."""
+    wrong = sorted(
+        (module, target)
+        for module, targets in graph().items()
+        for target in targets
+        if part(target) != part(module) and RANK[part(target)] >= RANK[part(module)]
+    )
+    assert wrong == [], "\n".join(f"{m} -> {t}" for m, t in wrong)
+
+
 def test_the_worker_runtime_imports_no_tool_and_no_export_code() -> None:
     for module, targets in graph().items():
-        if package(module) == "stream":
-            assert {package(t) for t in targets} <= {"stream"}, (module, targets)
+        if part(module) in RUNTIME:
+            assert {part(t) for t in targets} <= RUNTIME, (module, targets)
 
 
 def test_the_export_extra_is_listed_once_per_import_name() -> None:
@@ -132,7 +196,7 @@ def test_the_export_extra_is_listed_once_per_import_name() -> None:
 
 def test_the_worker_imports_without_the_export_extra(without_export_extra) -> None:
     code = (
-        "import sys, stream.worker, stream.agents, stream.views\n"
+        "import sys, stream.worker, stream.agents, stream.serving.views\n"
         "print(sorted(m for m in sys.modules if m.startswith(('stream.tools', 'model_export'))))"
     )
     result = subprocess.run(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from model_export.data import DataSettings
+from model_export.data.sources import DataSettings
 from stream.settings import Settings
-from stream.tools.broker import BrokerSettings
+from stream.tools.cluster.broker import BrokerSettings
 
 HEADER = """\
 # Configuration
@@ -46,8 +46,8 @@ own default count.
 TOOLS = """\
 ## The tools
 
-Settings only the tools read: the embedded broker (`stream/tools/broker.py`) and the
-datasets folder (`model_export/data.py`: `fetch-data`, training, replay, bench, demo).
+Settings only the tools read: the embedded broker (`stream/tools/cluster/broker.py`) and the
+datasets folder (`model_export/data/sources.py`: `fetch-data`, training, replay, bench, demo).
 """
 
 

@@ -22,14 +22,14 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from model_export.data import DataSettings, movielens_events, movielens_items
+from model_export.data.sources import DataSettings, movielens_events, movielens_items
+from stream.contracts.manifest import load_manifest
+from stream.contracts.records import Event, Recommendation
 from stream.errors import ModelLoadError
-from stream.manifest import load_manifest
-from stream.records import Event, Recommendation
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker, free_port
-from stream.tools.lists import follow_lists
-from stream.tools.worker_process import WorkerProcess, create_topics
+from stream.tools.cluster.broker import EmbeddedBroker, free_port
+from stream.tools.cluster.lists import follow_lists
+from stream.tools.cluster.worker_process import WorkerProcess, create_topics
 
 
 @dataclass

@@ -21,10 +21,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream.records import CatalogueRecord
+from stream.contracts.records import CatalogueRecord
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker
-from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+from stream.tools.cluster.broker import EmbeddedBroker
+from stream.tools.cluster.worker_process import WorkerProcess, create_topics, fresh_settings
 
 POLL_S = 0.002
 

@@ -22,10 +22,10 @@ import onnx
 import onnx.utils
 import orjson
 
-from stream.manifest import RANKER, RANKER_INPUTS
-from stream.scorer import Scorer, open_session
+from stream.contracts.manifest import RANKER, RANKER_INPUTS
+from stream.model.scorer import Scorer, open_session
 from stream.settings import Settings
-from stream.tools.bench import environment, movielens_contexts, timed_rate
+from stream.tools.bench.cli import environment, movielens_contexts, timed_rate
 
 SIZES = (1682, 10_000, 100_000)
 BATCH = 128

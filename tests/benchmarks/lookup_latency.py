@@ -26,11 +26,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from stream.records import Event
+from stream.contracts.records import Event
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker
-from stream.tools.lists import TopicReader
-from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+from stream.tools.cluster.broker import EmbeddedBroker
+from stream.tools.cluster.lists import TopicReader
+from stream.tools.cluster.worker_process import WorkerProcess, create_topics, fresh_settings
 
 PARTITIONS = 4
 

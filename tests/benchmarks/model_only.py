@@ -1,8 +1,8 @@
 """The ranker alone on one model directory: ``python -m stream bench``'s first phase, quickly.
 
 ``python -m tests.benchmarks.model_only MODEL_DIR [--seconds S]`` scores the newest contexts of
-512 MovieLens users through the worker's :class:`~stream.scorer.Scorer` (pre-encoded inputs,
-the worker's batch size and one user at a time, :func:`stream.tools.bench.model_only`), then
+512 MovieLens users through the worker's :class:`~stream.model.scorer.Scorer` (pre-encoded inputs,
+the worker's batch size and one user at a time, :func:`stream.tools.bench.cli.model_only`), then
 the same contexts each ending in a search for a MovieLens title (``with_search``: every user
 of the batch pays the search term). Prints one JSON object. Run it under two checkouts
 (``PYTHONPATH=<other checkout>``) to compare two versions of the graph in one sitting.
@@ -14,11 +14,11 @@ import argparse
 
 import orjson
 
-from stream.context import ContextLimits
-from stream.records import Event
-from stream.scorer import Scorer
+from stream.contracts.records import Event
+from stream.model.scorer import Scorer
 from stream.settings import Settings
-from stream.tools.bench import model_only, movielens_contexts
+from stream.state.context import ContextLimits
+from stream.tools.bench.cli import model_only, movielens_contexts
 
 
 def main() -> None:

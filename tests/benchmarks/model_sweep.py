@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model_export.data import DataSettings, movielens_items
+from model_export.data.sources import DataSettings, movielens_items
 from model_export.ranking import topk_overlap
-from stream.manifest import RANKER, RANKER_FP16
-from stream.scorer import CPU, CUDA, Scorer, open_session
+from stream.contracts.manifest import RANKER, RANKER_FP16
+from stream.model.scorer import CPU, CUDA, Scorer, open_session
 from stream.settings import Settings
-from stream.tools.bench import environment, movielens_contexts, timed_rate
+from stream.tools.bench.cli import environment, movielens_contexts, timed_rate
 
 BATCHES = (1, 8, 32, 128, 512, 1024, 2048, 4096)
 QUERY_BATCHES = (1, 16, 64, 256, 1024)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import orjson
 
-from stream.manifest import load_manifest
+from stream.contracts.manifest import load_manifest
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker
-from stream.tools.worker_process import WorkerProcess, create_topics, fresh_settings
+from stream.tools.cluster.broker import EmbeddedBroker
+from stream.tools.cluster.worker_process import WorkerProcess, create_topics, fresh_settings
 from tests.benchmarks.lookup_latency import PARTITIONS, load, partition, percentiles, report, serve
 
 K = 10

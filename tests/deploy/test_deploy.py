@@ -15,8 +15,9 @@ from kubernetes_validate import validate
 from kubernetes_validate.utils import ValidationError
 
 from stream.settings import Settings
+from tests.helpers import ROOT
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.33.0"
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
 KNOWN = {f"STREAMREC_{name.upper()}" for name in Settings.__dataclass_fields__}
@@ -103,8 +104,8 @@ def test_dockerfiles_pass_hadolint_and_run_as_a_non_root_user(name):
 
 
 def test_dashboard_queries_only_metrics_the_worker_exports(tmp_path):
-    from stream.metrics import BUCKETS, Metrics
-    from tests.stream.test_prometheus import render
+    from stream.telemetry.metrics import BUCKETS, Metrics
+    from tests.stream.telemetry.test_prometheus import render
 
     metrics = Metrics()
     metrics.inc("dlq_reason.not_json")

@@ -13,29 +13,10 @@ import orjson
 
 from stream.agents import install
 from stream.app import App
-from stream.context import UserContext
-from stream.delivery import ack_all
-from stream.records import Event, Recommendation
+from stream.contracts.records import Event, Recommendation
 from stream.settings import Settings
-
-
-class Collected:
-    """Outputs kept in memory (delivered, so acknowledged, as soon as kept)."""
-
-    def __init__(self) -> None:
-        self.lists: list[tuple[str, bytes]] = []
-        self.dead_letters: list[bytes] = []
-
-    async def prepare(self) -> None:
-        pass
-
-    async def publish_lists(self, lists: list[tuple[str, bytes]], acks) -> None:
-        self.lists.extend(lists)
-        await ack_all(acks)
-
-    async def send_dead_letter(self, value: bytes, ack) -> None:
-        self.dead_letters.append(value)
-        await ack()
+from stream.state.context import UserContext
+from tests.helpers import InMemoryOutputs
 
 
 def test_the_agent_remembers_scores_and_dead_letters(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -48,7 +29,7 @@ def test_the_agent_remembers_scores_and_dead_letters(tiny_model_dir: Path, tmp_p
         model_reload_s=0,
     )
     app = App(settings)
-    outputs = Collected()
+    outputs = InMemoryOutputs()
     runtime = install(app, outputs)
     events = [
         Event("e1", "u1", "click", 1_000, item_id="50"),

@@ -61,8 +61,8 @@ def test_to_env_round_trips():
 
 
 def test_tool_settings_live_apart_from_the_workers():
-    from model_export.data import DataSettings
-    from stream.tools.broker import BrokerSettings
+    from model_export.data.sources import DataSettings
+    from stream.tools.cluster.broker import BrokerSettings
 
     env = {"STREAMREC_TANSU_BIN": "/opt/tansu", "STREAMREC_DATASETS_DIR": "/data"}
     assert BrokerSettings.from_env(env).tansu_bin == "/opt/tansu"

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import orjson
 
-from stream.context import UserContext, apply_event
-from stream.records import Event
-from stream.scorer import Scorer
+from stream.contracts.records import Event
+from stream.model.scorer import Scorer
+from stream.state.context import UserContext, apply_event
 
 SIZES = (0, 10_000, 100_000)
 

@@ -20,10 +20,10 @@ import onnx
 import onnxruntime as ort
 import orjson
 
-from model_export import data
-from stream.manifest import DAY_MS
-from stream.scorer import Scorer
-from stream.tools import temporal
+from model_export.data import sources as data
+from stream.contracts.manifest import DAY_MS
+from stream.model.scorer import Scorer
+from stream.tools.backtest import cli as temporal
 
 MODEL = sys.argv[1] if len(sys.argv) > 1 else ".cache/backtest/model"
 VARIANTS = {  # name: (pseudo count a, scope, half-life days, top)

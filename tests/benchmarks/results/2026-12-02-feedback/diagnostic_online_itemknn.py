@@ -10,10 +10,10 @@ from collections import defaultdict, deque
 
 import numpy as np
 
-from model_export import data
-from model_export.baselines import ItemKNNConfig
-from stream.manifest import DAY_MS
-from stream.tools.temporal import cut_time
+from model_export.data import sources as data
+from model_export.evaluation.baselines import ItemKNNConfig
+from stream.contracts.manifest import DAY_MS
+from stream.tools.backtest.cli import cut_time
 
 ev = data.movielens_events(".cache/datasets")
 cat = data.movielens_catalogue(".cache/datasets")

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-import model_export.train as train_module
-from model_export import data
-from model_export.evaluate import test_scores
-from model_export.model import RankerConfig
+import model_export.training.train as train_module
+from model_export.data import sources as data
+from model_export.data.split import build_split
+from model_export.evaluation.evaluate import test_scores
+from model_export.model.ranker import RankerConfig
 from model_export.ranking import ranking_metrics, top_k
-from model_export.split import build_split
 
 CACHE = Path(".cache/loo_sweep")
 finetune = train_module.finetune

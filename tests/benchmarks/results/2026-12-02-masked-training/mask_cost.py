@@ -3,7 +3,7 @@
 Run from the repository root with this file's path (this folder holds it).
 Times building the mask and filling a step's logits (128 windows of 50 events, MovieLens'
 1,682 items) for the cumulative-sum version that ``make evaluate`` and ``make backtest``
-ran and for :func:`model_export.train._excluded`, alternated over rounds, checks that both
+ran and for :func:`model_export.training.train._excluded`, alternated over rounds, checks that both
 give the same mask, and prints one JSON object.
 """
 
@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from model_export.model import MASK_SCORE
-from model_export.train import _excluded
+from model_export.model.ranker import MASK_SCORE
+from model_export.training.train import _excluded
 
 ROWS, LENGTH, ITEMS, ROUNDS, STEPS = 128, 50, 1682, 5, 10
 
