@@ -160,6 +160,23 @@ def baseline_metrics(split: Split, exclude: ExcludePolicy) -> tuple[dict[str, An
     return results, config
 
 
+def _training_report(trained: TrainedModel) -> dict[str, Any]:
+    """What one training run reports: its time, best epoch and validation figures."""
+    return {key: trained.report[key] for key in ("seconds", "best_epoch", "valid")}
+
+
+def _mean_and_std(results: Sequence[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each metric's mean, standard deviation and runs over ``results``."""
+    return {
+        metric: {
+            "mean": float(np.mean([r[metric] for r in results])),
+            "std": float(np.std([r[metric] for r in results])),
+            "runs": [r[metric] for r in results],
+        }
+        for metric in METRICS
+    }
+
+
 #: Seconds one training run takes on the reference box (2 cores; 2026-12-03), per method.
 STAGE_SECONDS = {MODEL: 540.0, NO_TEXT: 150.0}
 
@@ -181,14 +198,8 @@ def evaluate(
     diversity: list[list[dict[str, float]]] = []
     tags = tag_vectors(texts)
     examples = split.examples("test", model_config.history_length, train_config.exclude)
-    stages = Stages(
-        "evaluate",
-        [
-            (f"{name}, seed {seed}", STAGE_SECONDS[name])
-            for seed in seeds
-            for name in (MODEL, NO_TEXT)
-        ],
-    )
+    plan = [(f"{name}, seed {s}", STAGE_SECONDS[name]) for s in seeds for name in STAGE_SECONDS]
+    stages = Stages("evaluate", plan)
     for seed in seeds:
         config = dataclasses.replace(train_config, seed=seed)
         for name, use_text in ((MODEL, True), (NO_TEXT, False)):
@@ -211,25 +222,8 @@ def evaluate(
                 diversity.append(
                     diversity_metrics(scores, examples, vectors, tags, model_config.max_k)
                 )
-            training[name].append(
-                {
-                    "seed": seed,
-                    "seconds": trained.report["seconds"],
-                    "best_epoch": trained.report["best_epoch"],
-                    "valid": trained.report["valid"],
-                }
-            )
-    summary = {
-        name: {
-            metric: {
-                "mean": float(np.mean([r[metric] for r in results])),
-                "std": float(np.std([r[metric] for r in results])),
-                "runs": [r[metric] for r in results],
-            }
-            for metric in METRICS
-        }
-        for name, results in runs.items()
-    }
+            training[name].append({"seed": seed, **_training_report(trained)})
+    summary = {name: _mean_and_std(results) for name, results in runs.items()}
     return {
         "protocol": {
             "split": "leave-one-out, time order",

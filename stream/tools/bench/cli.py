@@ -67,6 +67,7 @@ import orjson
 
 from model_export.data.sources import DataSettings, movielens_events, movielens_items
 from stream.contracts.manifest import load_manifest
+from stream.contracts.records import Event
 from stream.errors import ModelLoadError
 from stream.model.queries import QueryEncoder
 from stream.model.scorer import Scorer
@@ -341,6 +342,60 @@ def bench_plan(args: argparse.Namespace) -> list[tuple[str, float]]:
     return plan
 
 
+def _streaming_phases(
+    args: argparse.Namespace,
+    settings: Settings,
+    tiny: str,
+    events: list[Event],
+    figures: dict[str, Any],
+    stages: Stages,
+) -> None:
+    """The phases on the broker: floors, one process, Cython, N processes, memory."""
+    work = Path(args.out) / "work"
+    with stages.stage("floors"):
+        for client in ("faust", "aiokafka"):
+            measured = floor(settings, work, events, args.floor_events, client)
+            figures[f"{client}_floor_events_per_s"] = measured["events_per_s"]
+            figures[f"{client}_floor_cpu_us_per_event"] = measured["cpu_us_per_event"]
+    with stages.stage("one process"):
+        figures |= streaming(args, settings, tiny, events, 1)
+    for client in ("faust", "aiokafka"):
+        figures[f"stream_only_vs_{client}_floor"] = ratio(
+            figures["stream_only_saturation_events_per_s"],
+            figures[f"{client}_floor_events_per_s"],
+        )
+    if args.cython:
+        with stages.stage("cython_optimizations"):
+            figures["cython_optimizations"] = cython(args, settings, tiny, events, figures)
+    figures["pipeline_efficiency"] = ratio(
+        figures["saturation_users_scored_per_s"], figures["model_only_users_per_s"]
+    )
+    if args.processes > 1:
+        with stages.stage(f"{args.processes} processes"):
+            many = streaming(args, settings, tiny, events, args.processes)
+        many["process_scaling"] = ratio(
+            many["stream_only_saturation_events_per_s"],
+            figures["stream_only_saturation_events_per_s"],
+        )
+        many["process_scaling_real_model"] = ratio(
+            many["saturation_events_per_s"], figures["saturation_events_per_s"]
+        )
+        figures["processes"] = {"n": args.processes, **many}
+        figures["process_scaling"] = many["process_scaling"]
+    if args.users:
+        with stages.stage("memory per user"):
+            stores = ("memory://", "rocksdb://")
+            figures["memory"] = [
+                memory_per_user(
+                    settings.with_overrides(model_dir=tiny, store=store),
+                    work,
+                    events,
+                    args.users,
+                )
+                for store in stores
+            ]
+
+
 def run(args: argparse.Namespace, settings: Settings) -> dict:
     """Every phase; returns the figures."""
     datasets_dir = DataSettings.from_env().datasets_dir
@@ -371,48 +426,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict:
             settings = settings.with_overrides(broker=broker.url)
         else:
             settings = settings.with_overrides(broker=args.broker)
-        with stages.stage("floors"):
-            for client in ("faust", "aiokafka"):
-                measured = floor(settings, work, events, args.floor_events, client)
-                figures[f"{client}_floor_events_per_s"] = measured["events_per_s"]
-                figures[f"{client}_floor_cpu_us_per_event"] = measured["cpu_us_per_event"]
-        with stages.stage("one process"):
-            figures |= streaming(args, settings, tiny, events, 1)
-        for client in ("faust", "aiokafka"):
-            figures[f"stream_only_vs_{client}_floor"] = ratio(
-                figures["stream_only_saturation_events_per_s"],
-                figures[f"{client}_floor_events_per_s"],
-            )
-        if args.cython:
-            with stages.stage("cython_optimizations"):
-                figures["cython_optimizations"] = cython(args, settings, tiny, events, figures)
-        figures["pipeline_efficiency"] = ratio(
-            figures["saturation_users_scored_per_s"], figures["model_only_users_per_s"]
-        )
-        if args.processes > 1:
-            with stages.stage(f"{args.processes} processes"):
-                many = streaming(args, settings, tiny, events, args.processes)
-            many["process_scaling"] = ratio(
-                many["stream_only_saturation_events_per_s"],
-                figures["stream_only_saturation_events_per_s"],
-            )
-            many["process_scaling_real_model"] = ratio(
-                many["saturation_events_per_s"], figures["saturation_events_per_s"]
-            )
-            figures["processes"] = {"n": args.processes, **many}
-            figures["process_scaling"] = many["process_scaling"]
-        if args.users:
-            with stages.stage("memory per user"):
-                stores = ("memory://", "rocksdb://")
-                figures["memory"] = [
-                    memory_per_user(
-                        settings.with_overrides(model_dir=tiny, store=store),
-                        work,
-                        events,
-                        args.users,
-                    )
-                    for store in stores
-                ]
+        _streaming_phases(args, settings, tiny, events, figures, stages)
     return figures
 
 
