@@ -51,6 +51,14 @@ def refusal(settings: Settings, request: Request) -> str | None:
 
 def install(app: faust.App, runtime: Runtime) -> None:
     """Serve the endpoints of ``runtime`` on ``app``'s web server."""
+    _install_probes(app, runtime)
+    _install_user_views(app, runtime)
+    _install_search(app, runtime)
+    install_prometheus(app, runtime.metrics, runtime.stats)
+
+
+def _install_probes(app: faust.App, runtime: Runtime) -> None:
+    """``/stats/``, ``/ready/`` and ``/live/``: open, never behind the token."""
 
     @app.page("/stats/")
     class StatsView(View):
@@ -79,6 +87,9 @@ def install(app: faust.App, runtime: Runtime) -> None:
             body = {"live": live, "dead_tasks": runtime.tasks.dead}
             return self.json(body, status=200 if live else 503)
 
+
+def _install_user_views(app: faust.App, runtime: Runtime) -> None:
+    """``/context/<user_id>/`` and ``/recommendations/<user_id>/``, routed to the owner."""
     settings = runtime.settings
 
     @app.page("/context/{user_id}/")
@@ -112,6 +123,10 @@ def install(app: faust.App, runtime: Runtime) -> None:
             return web.json({"user_id": user_id, "found": False}, status=404)
         return web.bytes(latest, content_type="application/json")
 
+
+def _install_search(app: faust.App, runtime: Runtime) -> None:
+    """``/search/``: checked where it arrives, scored on the worker owning the user."""
+    settings = runtime.settings
     limits, context_limits = Limits.from_settings(settings), ContextLimits.from_settings(settings)
 
     def search_request(request: Request) -> SearchRequest:
@@ -152,5 +167,3 @@ def install(app: faust.App, runtime: Runtime) -> None:
         except ModelLoadError as exc:
             return web.json({"error": str(exc)}, status=503)
         return web.bytes(result.to_json(), content_type="application/json")
-
-    install_prometheus(app, runtime.metrics, runtime.stats)

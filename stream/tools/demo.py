@@ -59,10 +59,12 @@ def ensure_model(settings: Settings) -> None:
     except ModelLoadError:
         if Path(settings.model_dir, "manifest.json").exists():
             raise  # a broken model is the operator's to fix, not ours to overwrite
-    print(f"building the MovieLens model into {settings.model_dir} (first run only, ~2.5 min)")
+    print(
+        f"building the MovieLens model into {settings.model_dir} (first run only; about "
+        "10 minutes on 2 cores, a bar per training stage)"
+    )
     subprocess.run(
-        [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir, "--quiet"],
-        check=True,
+        [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir], check=True
     )
 
 

@@ -257,6 +257,112 @@ class Replay:
     published_after_cut: int = 0
 
 
+class _Future:
+    """The replay after the cut: the live catalogue, the lists pending, what online methods learn.
+
+    Items are published to the live catalogue at their first appearance in the log (the past's
+    at the start); each click after the cut on a catalogue item, by a user with a context, is
+    scored against the list built from the user's events before it. Lists are made in batches
+    of :data:`BATCH` users; a click is counted by the online methods only once the lists
+    pending ahead of it are made, so no list sees its own target or anything later.
+    """
+
+    def __init__(
+        self,
+        events: Sequence[Event],
+        catalogue: Sequence[data.CatalogueItem],
+        cut_ts: int,
+        scorers: dict[str, Scorer],
+        args: argparse.Namespace,
+    ) -> None:
+        self.cut_ts = cut_ts
+        self.scorers = scorers
+        self.text = {i.item_id: i.text for i in catalogue}
+        past = [e for e in events if e.ts < cut_ts]
+        self.before = {e.user_id for e in past}
+        self.first_seen: dict[str, int] = {}
+        for e in events:
+            if e.item_id in self.text:
+                self.first_seen.setdefault(e.item_id, e.ts)
+        trained = [i for i in catalogue if self.first_seen.get(i.item_id, cut_ts) < cut_ts]
+        self.popular = PopularRecent(args.popular_days)
+        self.frozen = TextFrozen(catalogue)
+        self.rand = Random()
+        self.methods: dict[str, Ranker] = {name: _model(s) for name, s in scorers.items()}
+        self.methods.update(
+            popular_recent=self.popular,
+            itemknn=ItemKNN(past, [i.item_id for i in trained]),
+            text_frozen=self.frozen,
+            random=self.rand,
+        )
+        self.live = Catalogue()
+        self.out = Replay(ranks={name: [] for name in self.methods})
+        self.contexts: dict[str, UserContext | None] = {}
+        self.pending: dict[str, tuple[UserContext, Scored]] = {}
+        #: Clicks the online methods have not counted yet (lists are pending ahead of them).
+        self.uncounted: list[Event] = []
+        self.publish([i.item_id for i in trained], 0)
+
+    def publish(self, items: Sequence[str], at: int) -> None:
+        """Add ``items`` to the live catalogue at ``at``; every method may list them now."""
+        self.live.apply([CatalogueRecord(i, self.text[i], ts=at) for i in items])
+        started = time.perf_counter()
+        for scorer in self.scorers.values():
+            scorer.follow(self.live)
+        took = (time.perf_counter() - started) * 1000 / max(1, len(self.scorers))
+        for item in items:
+            self.frozen.publish(item)
+            self.rand.available.append(item)
+        if at >= self.cut_ts:
+            self.out.freshness_ms.extend([took] * len(items))
+            self.out.published_after_cut += len(items)
+
+    def flush(self) -> None:
+        """Make the pending lists, score their clicks, then count the clicks held back."""
+        if self.pending:
+            rows = list(self.pending.values())
+            ctxs, targets = [r[0] for r in rows], [r[1] for r in rows]
+            for name, method in self.methods.items():
+                for target, items in zip(targets, method(ctxs, targets), strict=True):
+                    item = target.event.item_id
+                    self.out.ranks[name].append(items.index(item) + 1 if item in items else 0)
+            self.out.scored.extend(targets)
+            self.pending.clear()
+        for seen in self.uncounted:
+            self.count(seen)
+        self.uncounted.clear()
+
+    def count(self, event: Event) -> None:
+        """What the online methods learn from a click once the lists before it are made."""
+        self.popular.observe(event)
+        for scorer in self.scorers.values():
+            scorer.observe(event)  # the models' new-item click feedback, as in the worker
+
+    def step(self, event: Event) -> None:
+        """One event of the log, in time order."""
+        item = event.item_id
+        if item in self.text and item not in self.live.records:
+            self.flush()  # lists before this moment are made without the item
+            self.publish([item], event.ts)
+        pending = self.pending
+        if pending and event.ts - next(iter(pending.values()))[1].event.ts > MAX_STALE_MS:
+            self.flush()  # the baseline's counts stay at most this stale for a pending list
+        ctx = self.contexts.get(event.user_id)
+        scorable = event.ts >= self.cut_ts and event.type == "click" and item in self.text
+        if scorable and ctx is not None:
+            if event.user_id in pending or len(pending) >= BATCH:
+                self.flush()
+            cold = self.first_seen[item] >= self.cut_ts  # type: ignore[index]
+            pending[event.user_id] = (ctx, Scored(event, cold, event.user_id not in self.before))
+        self.contexts[event.user_id], _ = apply_event(
+            ctx, event, max_events=CONTEXT_EVENTS, max_purchased=500, max_seen=1000
+        )
+        if pending:
+            self.uncounted.append(event)
+        else:
+            self.count(event)
+
+
 def replay_future(
     events: Sequence[Event],
     catalogue: Sequence[data.CatalogueItem],
@@ -265,92 +371,12 @@ def replay_future(
     args: argparse.Namespace,
 ) -> Replay:
     """Replay ``events`` in time order; score every click after ``cut_ts`` by every method."""
-    text = {i.item_id: i.text for i in catalogue}
-    past = [e for e in events if e.ts < cut_ts]
-    before = {e.user_id for e in past}
-    first_seen: dict[str, int] = {}
-    for e in events:
-        if e.item_id in text:
-            first_seen.setdefault(e.item_id, e.ts)
-    trained = [i for i in catalogue if first_seen.get(i.item_id, cut_ts) < cut_ts]
-    popular = PopularRecent(args.popular_days)
-    frozen = TextFrozen(catalogue)
-    rand = Random()
-    methods: dict[str, Ranker] = {name: _model(s) for name, s in scorers.items()}
-    methods.update(
-        popular_recent=popular,
-        itemknn=ItemKNN(past, [i.item_id for i in trained]),
-        text_frozen=frozen,
-        random=rand,
-    )
-    live = Catalogue()
-    out = Replay(ranks={name: [] for name in methods})
-
-    def publish(items: Sequence[str], at: int) -> None:
-        live.apply([CatalogueRecord(i, text[i], ts=at) for i in items])
-        started = time.perf_counter()
-        for scorer in scorers.values():
-            scorer.follow(live)
-        took = (time.perf_counter() - started) * 1000 / max(1, len(scorers))
-        for item in items:
-            frozen.publish(item)
-            rand.available.append(item)
-        if at >= cut_ts:
-            out.freshness_ms.extend([took] * len(items))
-            out.published_after_cut += len(items)
-
-    publish([i.item_id for i in trained], 0)
-    contexts: dict[str, UserContext | None] = {}
-    pending: dict[str, tuple[UserContext, Scored]] = {}
-    # Clicks the online baseline has not counted yet: none is counted before the lists
-    # pending ahead of it are made, so no list sees its own target or anything later.
-    uncounted: list[Event] = []
-
-    def flush() -> None:
-        if pending:
-            rows = list(pending.values())
-            ctxs, targets = [r[0] for r in rows], [r[1] for r in rows]
-            for name, method in methods.items():
-                for target, items in zip(targets, method(ctxs, targets), strict=True):
-                    item = target.event.item_id
-                    out.ranks[name].append(items.index(item) + 1 if item in items else 0)
-            out.scored.extend(targets)
-            pending.clear()
-        for seen in uncounted:
-            count(seen)
-        uncounted.clear()
-
-    def count(event: Event) -> None:
-        """What the online methods learn from a click once the lists before it are made."""
-        popular.observe(event)
-        for scorer in scorers.values():
-            scorer.observe(event)  # the models' new-item click feedback, as in the worker
-
+    future = _Future(events, catalogue, cut_ts, scorers, args)
     timeline = sorted(events, key=lambda e: e.ts)
-    event: Event
     for event in tqdm(timeline, desc="replay", unit="event", mininterval=10.0):
-        item = event.item_id
-        if item in text and item not in live.records:
-            flush()  # lists before this moment are made without the item
-            publish([item], event.ts)
-        if pending and event.ts - next(iter(pending.values()))[1].event.ts > MAX_STALE_MS:
-            flush()  # the baseline's counts stay at most this stale for a pending list
-        ctx = contexts.get(event.user_id)
-        scorable = event.ts >= cut_ts and event.type == "click" and item in text
-        if scorable and ctx is not None:
-            if event.user_id in pending or len(pending) >= BATCH:
-                flush()
-            cold = first_seen[item] >= cut_ts  # type: ignore[index]
-            pending[event.user_id] = (ctx, Scored(event, cold, event.user_id not in before))
-        contexts[event.user_id], _ = apply_event(
-            ctx, event, max_events=CONTEXT_EVENTS, max_purchased=500, max_seen=1000
-        )
-        if pending:
-            uncounted.append(event)
-        else:
-            count(event)
-    flush()
-    return out
+        future.step(event)
+    future.flush()
+    return future.out
 
 
 def _figures(per_event: dict[str, np.ndarray], users: np.ndarray) -> dict[str, Any]:
