@@ -61,7 +61,7 @@ def ensure_model(settings: Settings) -> None:
             raise  # a broken model is the operator's to fix, not ours to overwrite
     print(
         f"building the MovieLens model into {settings.model_dir} (first run only; about "
-        "10 minutes on 2 cores, a bar per training stage)"
+        "9 minutes on 2 cores, a bar per training stage)"
     )
     subprocess.run(
         [sys.executable, "-m", "model_export", "build", "--out", settings.model_dir], check=True
