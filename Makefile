@@ -42,7 +42,7 @@ replay: $(DATA_STAMP)
 	$(BIN)/python -m stream replay --model $(MODEL_DIR) --out reports/replay
 
 # Temporal backtest: train before the cut (70% of the log), replay the rest with new items
-# published as they first appear, against the baselines (about 35 minutes on 2 cores, a line per
+# published as they first appear, against the baselines (about half an hour on 2 cores, a line per
 # stage with the time left; reports/backtest/).
 backtest: $(DATA_STAMP)
 	$(BIN)/python -m stream backtest --out reports/backtest
