@@ -210,7 +210,7 @@ def export(
     ranker_path = export_ranker(ranker, out / FILES[RANKER])
     np.save(out / FILES[ITEM_VECTORS], ranker.unit_item_vectors().numpy(), allow_pickle=False)
     with torch.no_grad():  # id parts, zero-padded to query_dim: id part + text vector adds up
-        ids = ranker.id_vectors().float()
+        ids = ranker.id_parts().float()
         padding = torch.zeros(len(ids), ranker.config.search_dim)
         id_vectors = torch.cat([ids, padding], dim=1).numpy()
     np.save(out / FILES[ITEM_ID_VECTORS], id_vectors, allow_pickle=False)

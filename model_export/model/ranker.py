@@ -5,7 +5,10 @@ Design (docs/model.md):
 * **Items** are vectors in one ``dim``-space: a learned id embedding plus a projection of the
   item's text embedding from the behaviour-fine-tuned MiniLM (:mod:`model_export.model.text`).
   The same projection maps search queries into that space, so a search event and an item
-  never clicked before are both representable.
+  never clicked before are both representable. The text is a prior that an item's own
+  clicks replace: a trained item's text part is weighted ``k / (k + clicks)``
+  (``text_prior_clicks``, the item's clicks in the training data); a new item's text
+  counts whole.
 * **Users**: a small causal transformer over the last ``history_length`` events, each the
   sum of its item vector, event-type embedding, query vector (search events) and position
   embedding; the last position's output is the user vector.
@@ -19,7 +22,8 @@ Design (docs/model.md):
   trained catalogue by :meth:`SequenceRanker.search_vectors`), weighted by how far back the
   search is: a learned weight per number of events since it (``search_fade``) times
   ``exp(-rate x seconds since it)`` with a learned rate (``search_decay``, first a half-life
-  of ``search_half_life_s``). A search answers the query now and fades as the user moves
+  of ``search_half_life_s``); served, the newest search weighs ``search_answer_weight``
+  times its learned weight. A search answers the query now and fades as the user moves
   on.
 * **A living catalogue.** The served graph scores the trained items and the *extra items*
   it is given as an input (items added after export, or whose text changed): each extra
@@ -74,6 +78,12 @@ class RankerConfig:
     use_age: bool = True
     use_search: bool = True  # the query–item search term (needs use_text)
     search_half_life_s: float = 1800.0  # the time fade's start; training learns the rate
+    #: The list right after a search answers it: served, the newest search's learned weight
+    #: (what users open next) times this, so a description ("90s sci-fi comedy") lists the
+    #: items it describes, in the user's order, before the user's other favourites.
+    search_answer_weight: float = 3.0
+    #: ``k``: a trained item's text part weighs ``k / (k + its training clicks)`` (0: whole).
+    text_prior_clicks: float = 5.0
     text_dim: int = TEXT_DIM
 
     @property
@@ -126,6 +136,7 @@ class SequenceRanker(nn.Module):
     """Scores the whole catalogue for a batch of left-padded event histories."""
 
     item_text: torch.Tensor
+    text_weight: torch.Tensor
     text_mean: torch.Tensor
     text_cov: torch.Tensor
     item_search: torch.Tensor
@@ -154,6 +165,8 @@ class SequenceRanker(nn.Module):
         self.register_buffer("item_added", torch.zeros(n))
         self.text_proj = nn.Linear(config.text_dim, d) if config.use_text else None
         self.register_buffer("item_text", torch.zeros(n, config.text_dim if config.use_text else 0))
+        #: Each trained item's text weight (:meth:`set_item_clicks`; 1 until then).
+        self.register_buffer("text_weight", torch.ones(n))
         # The trained items' text vectors' mean and covariance (the search term's scale), and
         # their search vectors less that mean (what a query is compared with).
         self.register_buffer("text_mean", torch.zeros(config.search_dim))
@@ -183,6 +196,17 @@ class SequenceRanker(nn.Module):
             self.text_cov.copy_(centred.T @ centred / max(1, len(texts) - 1))
             self.item_search.zero_()
             self.item_search[1:] = centred
+
+    def set_item_clicks(self, clicks: torch.Tensor) -> None:
+        """Weigh each trained item's text by its clicks ``[num_items + 1]`` in the training data.
+
+        ``k / (k + clicks)`` with ``k`` = ``text_prior_clicks``: an item few users clicked is
+        placed mostly by its text, a popular one by its own id embedding (its text part
+        fades as evidence accumulates; left whole, it pulls items with similar texts
+        together and costs the next click on the items the log knows well).
+        """
+        k = self.config.text_prior_clicks
+        self.text_weight.copy_(k / (k + clicks.float()) if k > 0 else torch.ones_like(clicks))
 
     def search_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Search parts of unit text vectors, each divided by the spread of its similarities.
@@ -242,11 +266,25 @@ class SequenceRanker(nn.Module):
             ids = torch.where(cold.unsqueeze(-1), self.new_item, ids)
         return ids
 
+    def id_parts(self) -> torch.Tensor:
+        """What the item tower adds an item's projected text to ``[num_items + 1, dim]``.
+
+        Each trained item's vector less its whole text projection (row 0: ``new_item``): a
+        trained item re-embedded from the same text gets its trained vector back, and a
+        changed text moves it by the change's projection.
+        """
+        parts = self.id_vectors()
+        if self.text_proj is not None:
+            lighter = (self.text_weight - 1.0).unsqueeze(-1) * self.text_proj(self.item_text)
+            parts = torch.cat([parts[:1], parts[1:] + lighter[1:]])
+        return parts
+
     def item_matrix(self, cold: torch.Tensor | None = None) -> torch.Tensor:
         """Item vectors ``[num_items + 1, dim]`` (row 0, padding, is zeros)."""
         ids = self.id_vectors(cold)
         if self.text_proj is not None:
-            ids = ids + self.text_proj(self.item_text)
+            weight = self.text_weight if cold is None else self.text_weight.masked_fill(cold, 1.0)
+            ids = ids + self.text_proj(self.item_text) * weight.unsqueeze(-1).to(ids.dtype)
         return torch.cat([torch.zeros_like(ids[:1]), ids[1:]])
 
     @torch.no_grad()
@@ -291,8 +329,12 @@ class SequenceRanker(nn.Module):
 
         ``lags`` is how many events after it each list comes (0: the newest event), ``ages``
         how many seconds (``None``: no time passed); ``event_types`` broadcast against both.
+        Outside training, a search that is the newest event weighs ``search_answer_weight``
+        times its learned weight.
         """
         fade = self.search_fade.float()[lags.clamp(0, self.config.history_length - 1)]
+        if not self.training and self.config.search_answer_weight != 1.0:
+            fade = fade + math.log(self.config.search_answer_weight) * (lags == 0).float()
         if ages is not None:
             fade = fade - torch.exp(self.search_decay.float()) * ages.float().clamp(min=0.0)
         return torch.exp(fade) * (event_types == SEARCH).float()

@@ -20,7 +20,7 @@ from model_export.model.text import TextEncoder, text_tokenizer
 from model_export.training.train import TrainedModel
 from stream.errors import ModelExportError
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 CHECKPOINT_FILE = "checkpoint.json"
 
 

@@ -7,10 +7,12 @@
    held-out items (``search_held_out``, :func:`model_export.data.search_queries.held_out`).
 2. **Ranker** (:mod:`model_export.model.ranker`): every training event predicts the user's next
    click; softmax over the catalogue (cross-entropy) less what a list there could not
-   show (items the window's events up to it exclude, items not added yet), AdamW. A share
-   of the events before a click (``found_rate``) is shown as a search for the item clicked
+   show (items the window's events up to it exclude, items not added yet), AdamW. Each
+   batch is followed by a copy of half its windows (``search_rows``) in which a share of
+   the events before a click (``found_rate``) is shown as a search for the item clicked
    next, its query drawn from the item's query families, so the query path and the search
-   term's weight and fade are trained (held-out items are never searched for).
+   term's weight and fade are trained (held-out items are never searched for) while every
+   window still teaches the next click from its whole history.
    After each epoch the validation split is scored (full ranking, exclusion policy
    applied); training stops after ``patience`` epochs without a better NDCG@10 and keeps
    the best epoch.
@@ -66,7 +68,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 3
     seed: int = 7
-    found_rate: float = 0.1  # share of events shown as a search for the item clicked next
+    found_rate: float = 0.2  # share of a copied window's events shown as a search for the next
+    search_rows: float = 0.5  # share of each batch's windows copied with searches in them
     max_windows: int = 0  # 0 = all; small values make a tiny model for tests
     cooc_folds: int = 5  # out-of-fold co-occurrence priors in training (< 2: no folds)
     text_pairs: int = 20_000
@@ -225,6 +228,13 @@ def fit_cooc(
     return counts
 
 
+def item_clicks(split: Split, until: Horizon) -> torch.Tensor:
+    """Clicks on each item ``[num_items + 1]`` in the interactions before ``until``."""
+    interactions = split.train_interactions(until)
+    flat = np.concatenate(interactions) if interactions else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(np.bincount(flat, minlength=split.num_items + 1)).float()
+
+
 def train(
     split: Split,
     texts: Sequence[str],
@@ -272,6 +282,7 @@ def train(
             searchable=text.searchable,
         )
         ranker.set_item_text(text.items)
+        ranker.set_item_clicks(item_clicks(split, "valid"))
     report["text_seconds"] = round(time.perf_counter() - started, 1)
     valid = split.examples("valid", model_config.history_length, config.exclude)
     fit = _fit(ranker, split, "valid", text, config, config.epochs, valid, progress)
@@ -290,6 +301,7 @@ def train(
         ranker.set_item_added(added)
         if model_config.use_text:
             ranker.set_item_text(text.items)
+            ranker.set_item_clicks(item_clicks(split, final_fit))
         refit = _fit(ranker, split, final_fit, text, config, best_epoch, None, progress)
         report["final_fit"] = {
             "until": final_fit,
@@ -348,21 +360,15 @@ def _fit(
                 if config.mask_excluded and config.exclude != "none"
                 else None
             )
+            days = torch.from_numpy(windows.days[rows])
             if ranker.config.use_text and config.found_rate > 0:
-                item_ids, event_types, queries, search = _as_searches(
-                    ranker,
-                    item_ids,
-                    event_types,
-                    (queries, search),
-                    targets,
-                    text,
-                    config,
-                    generator,
+                batch = (item_ids, event_types, queries, search, targets, days, excluded)
+                item_ids, event_types, queries, search, targets, days, excluded = _with_searches(
+                    ranker, batch, text, config, generator
                 )
             keep = targets > 0
             prior = folds[fold] if folds else None
             cold = _cold_items(ranker.config.num_items, config.cold_rate, generator)
-            days = torch.from_numpy(windows.days[rows])
             logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days, search)
             if config.mask_unreleased:
                 logits = _released(logits, ranker.item_added, days, targets)
@@ -476,6 +482,42 @@ def _subset(windows: TrainWindows, rows: np.ndarray) -> TrainWindows:
         windows.users[rows],
         windows.days[rows],
     )
+
+
+def _with_searches(
+    ranker: SequenceRanker,
+    batch: tuple[Any, ...],
+    text: _Text,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[Any, ...]:
+    """The batch, then a copy of its first ``search_rows`` share with searches in it.
+
+    The searches are added examples, never taken from the clicks: every window still
+    teaches the next click from its whole history, as the model without the language model
+    learns it (showing a share of the events themselves as searches cost the next click on
+    the temporal backtest), and the copies teach the search (:func:`_as_searches`).
+    ``batch`` is item ids, event types, ranker-space and search query vectors, targets,
+    days and the excluded mask (or ``None``), rows first.
+    """
+    item_ids, event_types, queries, search, targets, days, excluded = batch
+    copy = slice(0, max(1, round(len(targets) * config.search_rows)))
+    searched = _as_searches(
+        ranker,
+        item_ids[copy],
+        event_types[copy],
+        (queries[copy], search[copy]),
+        targets[copy],
+        text,
+        config,
+        generator,
+    )
+    joined: list[torch.Tensor | None] = [
+        torch.cat([a, b]) for a, b in zip(batch[:4], searched, strict=True)
+    ]
+    joined += [torch.cat([t, t[copy]]) for t in (targets, days)]
+    joined.append(None if excluded is None else torch.cat([excluded, excluded[copy]]))
+    return tuple(joined)
 
 
 def _as_searches(

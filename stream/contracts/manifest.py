@@ -4,8 +4,9 @@ A model directory holds the ranker (``ranker.onnx``, required), optionally its f
 for GPUs (``ranker.fp16.onnx``), the query encoder (``query_encoder.onnx``) with its
 tokenizer (``tokenizer.json``) and optionally its int8 variant for CPUs
 (``query_encoder.int8.onnx``), the item vectors for diversity re-ranking
-(``item_vectors.npy``), the id part of each trained item's vector (``item_id_vectors.npy``,
-for items whose text changes after export and, in row 0, for new items), and
+(``item_vectors.npy``), the id part of each trained item's vector (``item_id_vectors.npy``:
+the vector less its text's projection, for items whose text changes after export and, in
+row 0, for new items), and
 ``manifest.json`` naming each file with its sha256 and each trained item with its text.
 
 Format 5 (features ``streamrec.history/6``) answers searches: every query vector (and every

@@ -18,7 +18,8 @@ Phases, all on this machine and in this run, with the exported model of
    each event with one small record (``aiokafka_floor_events_per_s``: Python's floor
    without Faust). ``--cython`` also counts with Faust's ``cython_optimizations`` on.
 4. **Stream-only saturation.** A worker with a tiny exported model (``--stream-model``, built
-   once into the output folder otherwise) on a preloaded backlog, users interleaved as live
+   once into the output folder otherwise) on a preloaded backlog (produced once; each
+   saturation phase reads it from the start with a group of its own), users interleaved as live
    traffic is: ``stream_only_saturation_events_per_s`` and ``stream_cost_us_per_event`` (the
    worker's CPU seconds per event), the streaming layer's own cost, beside each floor
    (``stream_only_vs_faust_floor``, ``stream_only_vs_aiokafka_floor``). ``--cython`` also
@@ -75,7 +76,14 @@ from stream.progress import Stages
 from stream.settings import Settings
 from stream.state.context import ContextLimits, UserContext
 from stream.supervisor import process_count
-from stream.tools.bench.load import floor, interleaved, latency, memory_per_user, saturation
+from stream.tools.bench.load import (
+    Backlog,
+    floor,
+    interleaved,
+    latency,
+    memory_per_user,
+    saturation,
+)
 from stream.tools.bench.profile import profile_summary
 from stream.tools.cluster.broker import EmbeddedBroker
 from stream.tools.replay.metrics import by_user
@@ -237,16 +245,21 @@ def stream_model(args: argparse.Namespace, work: Path) -> str:
 
 
 def streaming(
-    args: argparse.Namespace, settings: Settings, tiny: str, events: list, processes: int
+    args: argparse.Namespace,
+    settings: Settings,
+    tiny: str,
+    events: list,
+    backlog: Backlog,
+    processes: int,
 ) -> dict[str, Any]:
     """Stream-only and real-model saturation, and latency, for ``processes`` processes."""
     work = Path(args.out) / "work"
-    common = {"backlog": args.backlog, "warmup": args.warmup, "window": args.window}
+    common = {"warmup": args.warmup, "window": args.window}
     only = saturation(
         settings.with_overrides(model_dir=tiny),
         work,
         f"stream-only-p{processes}",
-        events,
+        backlog,
         processes=processes,
         **common,
     )
@@ -255,7 +268,7 @@ def streaming(
         settings,
         work,
         f"saturation-p{processes}",
-        events,
+        backlog,
         processes=processes,
         profile=profile,
         profile_s=WORKER_START_S + args.warmup + args.window,
@@ -291,7 +304,12 @@ def streaming(
 
 
 def cython(
-    args: argparse.Namespace, settings: Settings, tiny: str, events: list, off: dict[str, Any]
+    args: argparse.Namespace,
+    settings: Settings,
+    tiny: str,
+    events: list,
+    backlog: Backlog,
+    off: dict[str, Any],
 ) -> dict[str, Any]:
     """The Faust floor and stream-only saturation again with ``cython_optimizations`` on."""
     work = Path(args.out) / "work"
@@ -300,8 +318,7 @@ def cython(
         settings.with_overrides(model_dir=tiny),
         work,
         "stream-only-cython",
-        events,
-        backlog=args.backlog,
+        backlog,
         warmup=args.warmup,
         window=args.window,
         env=CYTHON_ON,
@@ -352,13 +369,14 @@ def _streaming_phases(
 ) -> None:
     """The phases on the broker: floors, one process, Cython, N processes, memory."""
     work = Path(args.out) / "work"
+    backlog = Backlog(events, args.backlog)
     with stages.stage("floors"):
         for client in ("faust", "aiokafka"):
             measured = floor(settings, work, events, args.floor_events, client)
             figures[f"{client}_floor_events_per_s"] = measured["events_per_s"]
             figures[f"{client}_floor_cpu_us_per_event"] = measured["cpu_us_per_event"]
     with stages.stage("one process"):
-        figures |= streaming(args, settings, tiny, events, 1)
+        figures |= streaming(args, settings, tiny, events, backlog, 1)
     for client in ("faust", "aiokafka"):
         figures[f"stream_only_vs_{client}_floor"] = ratio(
             figures["stream_only_saturation_events_per_s"],
@@ -366,13 +384,13 @@ def _streaming_phases(
         )
     if args.cython:
         with stages.stage("cython_optimizations"):
-            figures["cython_optimizations"] = cython(args, settings, tiny, events, figures)
+            figures["cython_optimizations"] = cython(args, settings, tiny, events, backlog, figures)
     figures["pipeline_efficiency"] = ratio(
         figures["saturation_users_scored_per_s"], figures["model_only_users_per_s"]
     )
     if args.processes > 1:
         with stages.stage(f"{args.processes} processes"):
-            many = streaming(args, settings, tiny, events, args.processes)
+            many = streaming(args, settings, tiny, events, backlog, args.processes)
         many["process_scaling"] = ratio(
             many["stream_only_saturation_events_per_s"],
             figures["stream_only_saturation_events_per_s"],
@@ -454,7 +472,7 @@ def main(argv: Sequence[str]) -> int:
         "--backlog",
         type=int,
         default=600_000,
-        help="events preloaded before each saturation phase (600000)",
+        help="events preloaded once, read from the start by each saturation phase (600000)",
     )
     parser.add_argument(
         "--floor-events", type=int, default=200_000, help="events each floor handles (200000)"

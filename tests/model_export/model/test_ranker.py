@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from model_export.export.parity import ranker_inputs
@@ -87,3 +88,38 @@ def test_the_graph_fades_the_query_table_as_the_history_would():
         )
     assert history.abs().sum() > 0
     np.testing.assert_allclose(graph.numpy(), history.numpy(), atol=1e-5)
+
+
+def test_an_items_clicks_replace_its_text_and_the_item_tower_still_rebuilds_it():
+    """Text weighs k / (k + clicks); id part + the whole text projection = the trained vector."""
+    ranker = searching_ranker()
+    clicks = torch.zeros(31)
+    clicks[1], clicks[2] = 0.0, 95.0
+    ranker.set_item_clicks(clicks)
+    k = ranker.config.text_prior_clicks
+    assert ranker.text_weight[1] == 1.0 and ranker.text_weight[2] == pytest.approx(k / (k + 95))
+    with torch.no_grad():
+        projected = ranker.project_text(ranker.item_text)
+        items = ranker.item_matrix()
+        assert torch.allclose(items[2], ranker.item_emb.weight[2] + projected[2] * (k / (k + 95)))
+        assert torch.allclose(ranker.id_parts()[1:] + projected[1:], items[1:], atol=1e-6)
+        assert torch.equal(ranker.id_parts()[0], ranker.new_item)
+        cold = torch.zeros(31, dtype=torch.bool)
+        cold[2] = True  # shown as new in training: its text counts whole
+        assert torch.allclose(ranker.item_matrix(cold)[2], ranker.new_item + projected[2])
+
+
+def test_the_newest_search_is_answered_with_its_served_weight_and_older_ones_fade_as_learned():
+    """Served, a search that is the newest event weighs ``search_answer_weight`` x learned."""
+    ranker = searching_ranker()
+    types = torch.tensor([[1, 2, 1, 2]])  # click, search, click, search (newest)
+    lags = torch.tensor([[3, 2, 1, 0]])
+    learned = torch.exp(ranker.search_fade.detach()[lags])
+    with torch.no_grad():
+        served = ranker.eval().search_weights(types, None, lags)
+        trained = ranker.train().search_weights(types, None, lags)
+    answer = ranker.config.search_answer_weight
+    assert answer > 1.0
+    assert torch.allclose(trained, learned * (types == 2))
+    assert torch.allclose(served[0, 3], learned[0, 3] * answer)
+    assert torch.allclose(served[0, :3], trained[0, :3])
