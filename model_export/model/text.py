@@ -102,15 +102,23 @@ def text_tokenizer(max_tokens: int = MAX_TOKENS) -> Tokenizer:
 def embed(
     encoder: TextEncoder, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256
 ) -> np.ndarray:
-    """Unit vectors of ``texts`` (float32), batched by length to avoid padding work."""
+    """Unit vectors of ``texts`` (float32), batched by length to avoid padding work.
+
+    A text given more than once is encoded once (an item's query families often repeat its
+    title).
+    """
     encoder.eval()
-    out = np.zeros((len(texts), encoder.bert.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    unique = list(dict.fromkeys(texts))
+    out = np.zeros((len(unique), encoder.bert.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = tokenize(tokenizer, [texts[i] for i in rows])
+        inputs = tokenize(tokenizer, [unique[i] for i in rows])
         out[rows] = encoder(*(torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask")))
-    return out
+    if len(unique) == len(texts):
+        return out
+    index = {text: row for row, text in enumerate(unique)}
+    return out[[index[text] for text in texts]]
 
 
 def finetune(

@@ -109,6 +109,19 @@ class _Text:
 
 
 @dataclass(frozen=True)
+class _Batch:
+    """One training batch, rows first."""
+
+    item_ids: torch.Tensor
+    event_types: torch.Tensor
+    queries: torch.Tensor  # ranker-space query vectors
+    search: torch.Tensor  # the search side's query vectors
+    targets: torch.Tensor
+    days: torch.Tensor
+    excluded: torch.Tensor | None  # items the loss may not rank (``None``: none masked)
+
+
+@dataclass(frozen=True)
 class _Fit:
     windows: int
     history: list[dict[str, float]]
@@ -272,8 +285,9 @@ def train(
         )
         report["search_held_out_items"] = int((~searchable[1:]).sum())
         item_text = embed(encoder, tokenizer, texts)
-        families = list(zip(*(training_queries(t, config.seed) for t in texts), strict=True))
-        searches = np.stack([embed(encoder, tokenizer, list(f)) for f in families])
+        per_item = [training_queries(t, config.seed) for t in texts]
+        flat = embed(encoder, tokenizer, [q for queries in per_item for q in queries])
+        searches = flat.reshape(len(texts), len(per_item[0]), -1).transpose(1, 0, 2)
         searches = np.concatenate([np.zeros_like(searches[:, :1]), searches], axis=1)
         text = _Text(
             items=torch.from_numpy(item_text),
@@ -282,7 +296,6 @@ def train(
             searchable=text.searchable,
         )
         ranker.set_item_text(text.items)
-        ranker.set_item_clicks(item_clicks(split, "valid"))
     report["text_seconds"] = round(time.perf_counter() - started, 1)
     valid = split.examples("valid", model_config.history_length, config.exclude)
     fit = _fit(ranker, split, "valid", text, config, config.epochs, valid, progress)
@@ -301,7 +314,6 @@ def train(
         ranker.set_item_added(added)
         if model_config.use_text:
             ranker.set_item_text(text.items)
-            ranker.set_item_clicks(item_clicks(split, final_fit))
         refit = _fit(ranker, split, final_fit, text, config, best_epoch, None, progress)
         report["final_fit"] = {
             "until": final_fit,
@@ -326,11 +338,13 @@ def _fit(
 ) -> _Fit:
     """Train ``ranker`` for up to ``epochs`` epochs on the events before ``until``.
 
-    Installs the prior counted over those events. With ``valid`` examples, scores them after
-    every epoch, stops after ``patience`` epochs without a better NDCG@10 and restores the
-    best epoch's weights.
+    Installs the prior and the text's click weights counted over those events. With
+    ``valid`` examples, scores them after every epoch, stops after ``patience`` epochs
+    without a better NDCG@10 and restores the best epoch's weights.
     """
     counts = fit_cooc(ranker, split, until, config.cooc)
+    if ranker.config.use_text:
+        ranker.set_item_clicks(item_clicks(split, until))
     folds = _cooc_folds(split, until, counts, config) if counts is not None else []
     windows = split.windows(ranker.config.history_length, until)
     count = len(windows.targets)
@@ -361,21 +375,27 @@ def _fit(
                 else None
             )
             days = torch.from_numpy(windows.days[rows])
+            batch = _Batch(item_ids, event_types, queries, search, targets, days, excluded)
             if ranker.config.use_text and config.found_rate > 0:
-                batch = (item_ids, event_types, queries, search, targets, days, excluded)
-                item_ids, event_types, queries, search, targets, days, excluded = _with_searches(
-                    ranker, batch, text, config, generator
-                )
-            keep = targets > 0
+                batch = _with_searches(ranker, batch, text, config, generator)
+            keep = batch.targets > 0
             prior = folds[fold] if folds else None
             cold = _cold_items(ranker.config.num_items, config.cold_rate, generator)
-            logits = ranker.all_logits(item_ids, event_types, queries, prior, cold, days, search)
+            logits = ranker.all_logits(
+                batch.item_ids,
+                batch.event_types,
+                batch.queries,
+                prior,
+                cold,
+                batch.days,
+                batch.search,
+            )
             if config.mask_unreleased:
-                logits = _released(logits, ranker.item_added, days, targets)
-            if excluded is not None:
-                logits = logits.masked_fill(excluded, MASK_SCORE)
+                logits = _released(logits, ranker.item_added, batch.days, batch.targets)
+            if batch.excluded is not None:
+                logits = logits.masked_fill(batch.excluded, MASK_SCORE)
             logits = logits[keep]
-            loss = torch.nn.functional.cross_entropy(logits, targets[keep])
+            loss = torch.nn.functional.cross_entropy(logits, batch.targets[keep])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -486,38 +506,39 @@ def _subset(windows: TrainWindows, rows: np.ndarray) -> TrainWindows:
 
 def _with_searches(
     ranker: SequenceRanker,
-    batch: tuple[Any, ...],
+    batch: _Batch,
     text: _Text,
     config: TrainConfig,
     generator: torch.Generator,
-) -> tuple[Any, ...]:
+) -> _Batch:
     """The batch, then a copy of its first ``search_rows`` share with searches in it.
 
     The searches are added examples, never taken from the clicks: every window still
     teaches the next click from its whole history, as the model without the language model
     learns it (showing a share of the events themselves as searches cost the next click on
     the temporal backtest), and the copies teach the search (:func:`_as_searches`).
-    ``batch`` is item ids, event types, ranker-space and search query vectors, targets,
-    days and the excluded mask (or ``None``), rows first.
     """
-    item_ids, event_types, queries, search, targets, days, excluded = batch
-    copy = slice(0, max(1, round(len(targets) * config.search_rows)))
-    searched = _as_searches(
+    copy = slice(0, max(1, round(len(batch.targets) * config.search_rows)))
+    item_ids, event_types, queries, search = _as_searches(
         ranker,
-        item_ids[copy],
-        event_types[copy],
-        (queries[copy], search[copy]),
-        targets[copy],
+        batch.item_ids[copy],
+        batch.event_types[copy],
+        (batch.queries[copy], batch.search[copy]),
+        batch.targets[copy],
         text,
         config,
         generator,
     )
-    joined: list[torch.Tensor | None] = [
-        torch.cat([a, b]) for a, b in zip(batch[:4], searched, strict=True)
-    ]
-    joined += [torch.cat([t, t[copy]]) for t in (targets, days)]
-    joined.append(None if excluded is None else torch.cat([excluded, excluded[copy]]))
-    return tuple(joined)
+    excluded = batch.excluded
+    return _Batch(
+        item_ids=torch.cat([batch.item_ids, item_ids]),
+        event_types=torch.cat([batch.event_types, event_types]),
+        queries=torch.cat([batch.queries, queries]),
+        search=torch.cat([batch.search, search]),
+        targets=torch.cat([batch.targets, batch.targets[copy]]),
+        days=torch.cat([batch.days, batch.days[copy]]),
+        excluded=None if excluded is None else torch.cat([excluded, excluded[copy]]),
+    )
 
 
 def _as_searches(
