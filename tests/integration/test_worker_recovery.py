@@ -101,14 +101,19 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
     first = worker_factory(commit_interval_s=commit_interval_s).start()
     s = first.settings
     first.wait_ready()
-    # mid-stream: a first quarter is handled (some lists out, offsets committed), then the
-    # rest is produced and the worker killed at once (it handles thousands of events a second)
+    # mid-stream: a first quarter is handled (a list for each of its users' newest events,
+    # offsets committed), then the rest is produced and the worker killed at once (it handles
+    # thousands of events a second)
     head = len(events) // 4
     produce_events(broker.bootstrap_servers, s.events_topic, events[:head])
-    consume_until(
+    head_last = {e.user_id: e.event_id for e in events[:head]}
+    got = consume_until(
         broker.bootstrap_servers,
         [s.recommendations_topic],
-        lambda got: len(got[s.recommendations_topic]) >= 100,
+        lambda got: set(head_last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
+    )
+    assert set(head_last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])), (
+        first.log_text()[-3000:]
     )
     if kill_when == "after_commits":
         deadline = time.monotonic() + 30
