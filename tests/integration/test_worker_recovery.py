@@ -105,16 +105,7 @@ def test_kill_9_mid_stream_loses_no_context_and_no_list(
     # offsets committed), then the rest is produced and the worker killed at once (it handles
     # thousands of events a second)
     head = len(events) // 4
-    produce_events(broker.bootstrap_servers, s.events_topic, events[:head])
-    head_last = {e.user_id: e.event_id for e in events[:head]}
-    got = consume_until(
-        broker.bootstrap_servers,
-        [s.recommendations_topic],
-        lambda got: set(head_last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])),
-    )
-    assert set(head_last.values()) <= set(lists_by_trigger(got[s.recommendations_topic])), (
-        first.log_text()[-3000:]
-    )
+    serve(broker, s, events[:head])
     if kill_when == "after_commits":
         deadline = time.monotonic() + 30
         while not any(group_offsets(broker, s.app_id, s.events_topic)["committed"].values()):
