@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 DATA_STAMP := .cache/datasets/.fetched
 MODEL_DIR ?= models/current
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` and `make check`: the integration tests spend much of
+# their time waiting on brokers and workers, so two share two cores well (0 runs in one process).
+TEST_WORKERS ?= 2
 
 .PHONY: install data model evaluate replay backtest search-eval demo check test lint docs clean
 
@@ -60,11 +63,11 @@ demo: $(DATA_STAMP)
 
 # The quick loop: lint and the unit tests (no broker, no worker process; a few minutes).
 check: lint $(DATA_STAMP)
-	$(BIN)/python -m pytest --ignore=tests/integration --ignore=tests/deploy $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --ignore=tests/integration --ignore=tests/deploy $(PYTEST_ARGS)
 
-# Everything, as CI runs it: the unit tests, then tests/integration/ (brokers and workers).
+# Everything, as CI runs it: the unit tests and tests/integration/ (brokers and workers).
 test: lint $(DATA_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # docs/configuration.md is generated from the settings objects (a test keeps it current).
 docs: $(STAMP)

@@ -83,11 +83,8 @@ def test_a_rocksdb_store_restart_replays_only_the_new_changelog(
 
 
 @pytest.mark.parametrize(
-    # kill -9 before any commit ("before_first_commit", 600.0) also holds; left out of the
-    # suite to keep CI under 30 minutes (the case after commits is the harder one: recovery
-    # from committed offsets and the changelog both)
     ("kill_when", "commit_interval_s"),
-    [("after_commits", 0.5)],
+    [("before_first_commit", 600.0), ("after_commits", 0.5)],
 )
 def test_kill_9_mid_stream_loses_no_context_and_no_list(
     broker: EmbeddedBroker,
