@@ -31,11 +31,12 @@ install: $(STAMP)
 
 data: $(DATA_STAMP)
 
-# Train (MiniLM fine-tuning + ranker), export ONNX files and check their parity.
+# Train (MiniLM fine-tuning + ranker), export ONNX files and check their parity (18 to 25
+# minutes on 2 cores, a line per stage with the time left).
 model: $(DATA_STAMP)
 	$(BIN)/python -m model_export build --out $(MODEL_DIR)
 
-# Model, ablation and baselines on the test split over three seeds (about 30 minutes on 2 cores);
+# Model, ablation and baselines on the test split over three seeds (about 70 minutes on 2 cores);
 # writes reports/evaluation.md and reports/evaluation.json (reports/ is an ignored output folder).
 evaluate: $(DATA_STAMP)
 	$(BIN)/python -m model_export evaluate --report reports/evaluation.md
@@ -45,7 +46,7 @@ replay: $(DATA_STAMP)
 	$(BIN)/python -m stream replay --model $(MODEL_DIR) --out reports/replay
 
 # Temporal backtest: train before the cut (70% of the log), replay the rest with new items
-# published as they first appear, against the baselines (about half an hour on 2 cores, a line per
+# published as they first appear, against the baselines (about 20 minutes on 2 cores, a line per
 # stage with the time left; reports/backtest/).
 backtest: $(DATA_STAMP)
 	$(BIN)/python -m stream backtest --out reports/backtest

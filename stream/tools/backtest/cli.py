@@ -489,10 +489,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-#: The stages and their seconds on the reference box, estimated from 2026-12-03's runs (2 cores:
-#: the model build trains in 472 s alone on the whole log; the 0.8 cut's backtest took 31 min
-#: sharing the cores with the test suite).
-STAGES = (("train model", 600.0), ("train model_no_text", 150.0), ("replay the future", 600.0))
+#: The stages and their seconds on the reference box, estimated from 2026-12-07's runs (2 cores:
+#: the default cut's backtest took 19 min alone, 16 of them with model_no_text reused; three
+#: cuts side by side took 51 to 59 min each, the replay 4 to 5 min of it).
+STAGES = (("train model", 780.0), ("train model_no_text", 180.0), ("replay the future", 180.0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
