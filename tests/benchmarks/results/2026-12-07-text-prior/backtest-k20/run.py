@@ -2,9 +2,9 @@
 
 ``python run.py CLICKS THREADS BACKTEST_ARGS...`` runs ``python -m stream backtest`` with the
 text model's prior weighted by CLICKS (``RankerConfig.text_prior_clicks``, 5 when this ran,
-20 since) on THREADS torch threads. ``model_no_text`` does not depend on the prior: a ``--work`` folder holding that
-cut's ``model_no_text`` from an earlier run is reused (the backtest retrains only what is
-missing), so only the text model is trained again.
+20 since) on THREADS torch threads. ``model_no_text`` does not depend on the prior: a
+``--work`` folder holding that cut's ``model_no_text`` from an earlier run is reused (the
+backtest retrains only what is missing), so only the text model is trained again.
 """
 
 from __future__ import annotations
