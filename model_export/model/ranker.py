@@ -429,13 +429,7 @@ class SequenceRanker(nn.Module):
             trained = self.cooc.shape[0]
             known = torch.where(item_ids < trained, item_ids, torch.zeros_like(item_ids))
             weights = torch.exp(self.recency) * self._clicks(known, event_types)
-            # fp32 scatter (ONNX Runtime has no fp16 ScatterElements-add on CPU), then cast
-            histogram = (
-                torch.zeros((scores.shape[0], trained), dtype=torch.float32)
-                .scatter_add(1, known, weights.float())
-                .to(scores.dtype)
-            )
-            prior = self.alpha * (histogram @ self.cooc)
+            prior = self.alpha * self._prior(known, weights)
             scores = scores + torch.cat([prior, torch.zeros_like(scores[:, trained:])], dim=1)
         if search_query is not None:  # (zeros without a search part: the graph keeps its inputs)
             scores = scores + self.search_term(search_query, extra_texts).to(scores.dtype)
@@ -443,6 +437,17 @@ class SequenceRanker(nn.Module):
             added = self.item_added if added is None else added
             scores = scores + self.age_boost(now.unsqueeze(-1), added).to(scores.dtype)
         return scores
+
+    def _prior(self, known: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Each history's co-occurrence rows summed with its ``weights`` ``[batch, items]``.
+
+        Only the rows of the history's items are read (as in :meth:`all_logits`): a user's
+        prior is a product over its events, not over every row of the matrix through a
+        histogram of mostly zeros, which was a third of one user's scoring time on CPU.
+        Each user's sum is the same whatever else the batch holds.
+        """
+        rows = self.cooc[known]  # [batch, history, items]
+        return torch.bmm(weights.to(rows.dtype).unsqueeze(1), rows).squeeze(1)
 
     def all_logits(
         self,

@@ -9,8 +9,9 @@ the query encoder's cache (``new_query``) and a second pass repeats them (``cach
 A user whose partition the first worker owns is answered by it (``local``), the others are
 forwarded to their owner (``routed``). With ``--load-rate`` the users keep producing that many
 events/s meanwhile (the workers score lists while they answer). Every answer is checked: 200,
-the user's id, ``k`` items at most. Prints one JSON object: p50, p90, p99 and max per kind, in
-milliseconds.
+the user's id, ``k`` items at most. The workers take every other setting from the environment
+(``STREAMREC_*``, e.g. ``STREAMREC_INTRA_OP_THREADS``). Prints one JSON object: p50, p90, p99
+and max per kind, in milliseconds.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def main() -> None:
     manifest = load_manifest(args.model, verify_hash=False)
     titles = [t.split(" | ")[0] for t in manifest.item_texts]
     with tempfile.TemporaryDirectory() as work, EmbeddedBroker() as broker:
-        base = Settings(broker=broker.url, model_dir=args.model, topic_partitions=PARTITIONS)
+        base = Settings.from_env().with_overrides(
+            broker=broker.url, model_dir=args.model, topic_partitions=PARTITIONS
+        )
         settings = fresh_settings(base, Path(work), processes=2)
         create_topics(settings)
         with WorkerProcess(settings, Path(work), processes=2) as worker:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from model_export.export.parity import ranker_inputs
+from model_export.model.ranker import CLICK
 from tests.helpers import searching_ranker, small_ranker
 
 
@@ -20,6 +21,20 @@ def test_serving_scores_the_last_position_as_training_does():
         )
         every = ranker.all_logits(inputs["item_ids"], inputs["event_types"], queries, days=days)
     np.testing.assert_allclose(served.numpy(), every[:, -1].numpy(), atol=1e-5)
+
+
+def test_the_prior_sums_the_histories_rows_as_a_histogram_of_clicks_would():
+    """The prior reads the rows of each history's items: the same as a histogram times cooc."""
+    ranker = small_ranker()
+    inputs = ranker_inputs(ranker, 64, seed=6)
+    known = torch.from_numpy(inputs["item_ids"])
+    weights = torch.exp(ranker.recency) * (torch.from_numpy(inputs["event_types"]) == CLICK)
+    weights = weights * (known > 0)
+    histogram = torch.zeros(64, ranker.cooc.shape[0]).scatter_add(1, known, weights)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            ranker._prior(known, weights).numpy(), (histogram @ ranker.cooc).numpy(), atol=1e-5
+        )
 
 
 def test_serving_adds_the_search_term_as_training_does():
