@@ -14,7 +14,7 @@ import io
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -176,6 +176,18 @@ def export_query_encoder(tower: QueryTower, tokenizer: Tokenizer, path: Path) ->
     return _export(tower, example, path, (QUERY_INPUTS, QUERY_OUTPUTS))
 
 
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Only errors through the root logger meanwhile (ONNX Runtime's tools log through it)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def fuse_query_encoder(path: Path, config: Any) -> dict[str, int]:
     """Rewrite the encoder graph at ``path`` with ONNX Runtime's BERT fusions, in place.
 
@@ -188,22 +200,17 @@ def fuse_query_encoder(path: Path, config: Any) -> dict[str, int]:
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    root = logging.getLogger()  # the optimiser warns through root, and prints, of its
-    level = root.level  # shape inference (which fails on this graph: fusions need none)
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = optimize_model(
-                str(path),
-                model_type="bert",
-                num_heads=config.num_attention_heads,
-                hidden_size=config.hidden_size,
-                opt_level=1,
-                use_gpu=False,
-            )
+    with quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
+        # (it warns, and prints, that shape inference failed on this graph: fusions need none)
+        model = optimize_model(
+            str(path),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=1,
+            use_gpu=False,
+        )
         model.save_model_to_file(str(path))
-    finally:
-        root.setLevel(level)
     return {op: count for op, count in model.get_fused_operator_statistics().items() if count}
 
 
@@ -212,10 +219,7 @@ def export_query_encoder_int8(encoder_path: Path, path: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()  # the quantiser logs advice on pre-processing through root
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with quiet_root_logger():  # the quantiser logs advice on pre-processing
         quantize_dynamic(
             encoder_path,
             path,
@@ -224,8 +228,6 @@ def export_query_encoder_int8(encoder_path: Path, path: Path) -> Path:
             # the fused operators' outputs have no inferred type: they are all float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    finally:
-        root.setLevel(level)
     return path
 
 

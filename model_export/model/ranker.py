@@ -429,7 +429,7 @@ class SequenceRanker(nn.Module):
             trained = self.cooc.shape[0]
             known = torch.where(item_ids < trained, item_ids, torch.zeros_like(item_ids))
             weights = torch.exp(self.recency) * self._clicks(known, event_types)
-            prior = self.alpha * self._prior(known, weights)
+            prior = self.alpha * self._prior(known, weights.unsqueeze(1)).squeeze(1)
             scores = scores + torch.cat([prior, torch.zeros_like(scores[:, trained:])], dim=1)
         if search_query is not None:  # (zeros without a search part: the graph keeps its inputs)
             scores = scores + self.search_term(search_query, extra_texts).to(scores.dtype)
@@ -438,16 +438,19 @@ class SequenceRanker(nn.Module):
             scores = scores + self.age_boost(now.unsqueeze(-1), added).to(scores.dtype)
         return scores
 
-    def _prior(self, known: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Each history's co-occurrence rows summed with its ``weights`` ``[batch, items]``.
+    def _prior(
+        self, item_ids: torch.Tensor, weights: torch.Tensor, cooc: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The co-occurrence prior: each row of ``weights`` sums the history items' matrix rows.
 
-        Only the rows of the history's items are read (as in :meth:`all_logits`): a user's
-        prior is a product over its events, not over every row of the matrix through a
-        histogram of mostly zeros, which was a third of one user's scoring time on CPU.
-        Each user's sum is the same whatever else the batch holds.
+        ``weights`` ``[batch, rows, history]`` gives ``[batch, rows, items]``. Only the
+        history's rows are read, not every row of the matrix through a histogram of mostly
+        zeros (that was a third of one user's scoring time on CPU), and each user's sum is the
+        same whatever else the batch holds. ``cooc`` replaces the installed matrix (training's
+        out-of-fold counts).
         """
-        rows = self.cooc[known]  # [batch, history, items]
-        return torch.bmm(weights.to(rows.dtype).unsqueeze(1), rows).squeeze(1)
+        matrix = self.cooc if cooc is None else cooc
+        return torch.bmm(weights, matrix[item_ids])
 
     def all_logits(
         self,
@@ -476,8 +479,7 @@ class SequenceRanker(nn.Module):
             # position t weighs earlier position j by recency[L-1-(t-j)], as serving does at t=L-1
             per_lag = torch.exp(self.recency).flip(0)[lag.clamp(min=0)] * (lag >= 0)
             weights = per_lag.unsqueeze(0) * self._clicks(item_ids, event_types).unsqueeze(1)
-            prior = self.cooc if cooc is None else cooc
-            term = self.alpha * torch.bmm(weights, prior[item_ids])
+            term = self.alpha * self._prior(item_ids, weights, cooc)
             if cold is not None:
                 term = term.masked_fill(cold, 0.0)
             scores = scores + term

@@ -33,7 +33,9 @@ def test_the_prior_sums_the_histories_rows_as_a_histogram_of_clicks_would():
     histogram = torch.zeros(64, ranker.cooc.shape[0]).scatter_add(1, known, weights)
     with torch.no_grad():
         np.testing.assert_allclose(
-            ranker._prior(known, weights).numpy(), (histogram @ ranker.cooc).numpy(), atol=1e-5
+            ranker._prior(known, weights.unsqueeze(1)).squeeze(1).numpy(),
+            (histogram @ ranker.cooc).numpy(),
+            atol=1e-5,
         )
 
 
